@@ -1,0 +1,1 @@
+"""Process entry points: the `tungo` CLI, service runner, health endpoints, the demo."""

@@ -1,0 +1,1 @@
+"""The asyncio shell: streams, transports (tcp/tls/ws/wss), connectors, handlers, listeners, dialing."""

@@ -1,0 +1,1 @@
+"""Bypass matchers (GOST syntax) deciding chain vs direct per flow; pure functions."""

@@ -3,6 +3,22 @@
 Owned jointly by the controller (part A) and the injector (part B): change a value here and every
 rendered Secret, injected pod and chart template must follow, so change it only with both. Pure
 constants; must never import anything that does I/O.
+
+Which namespaces a gateway serves
+---------------------------------
+A ``TunGateway`` serves pods in its own namespace, plus pods in every namespace whose labels match its
+``spec.namespaceSelector`` (only when the operator watches namespaces cluster-wide; otherwise the
+selector is ignored and the status says so). For every namespace it serves, the controller writes the
+Secret ``config_secret_name(gateway)`` there, labelled ``GATEWAY_LABEL: <gateway>``. A pod can use
+gateway ``G`` exactly when ``tungo-G`` exists in the pod's own namespace. Two gateways with the same
+name serving one namespace conflict: the first writer keeps the Secret, the other reports
+``Ready=False`` with reason ``SecretConflict``.
+
+Injected pods
+-------------
+The injector marks a pod it changed with ``STATUS_ANNOTATION: STATUS_INJECTED`` and sets
+``GATEWAY_ANNOTATION`` to the gateway it chose (also when the pod did not name one), so the controller
+counts injected pods per gateway (``status.injectedPods``) from those two annotations.
 """
 
 from __future__ import annotations
@@ -35,8 +51,26 @@ INJECT_LABEL: Final = "tungo.dev/inject"
 INJECT_ENABLED: Final = "enabled"
 GATEWAY_ANNOTATION: Final = "tungo.dev/gateway"
 STATUS_ANNOTATION: Final = "tungo.dev/status"
+STATUS_INJECTED: Final = "injected"  # the value of STATUS_ANNOTATION on an injected pod
+
+# On the config Secrets the controller writes: who owns them (a label, so it can be selected on).
+GATEWAY_LABEL: Final = "tungo.dev/gateway"
+GATEWAY_NAMESPACE_ANNOTATION: Final = "tungo.dev/gateway-namespace"
+CONFIG_HASH_ANNOTATION: Final = "tungo.dev/config-hash"
+MANAGED_BY_LABEL: Final = "app.kubernetes.io/managed-by"
+MANAGED_BY: Final = "tungo-operator"
 
 
 def config_secret_name(gateway: str) -> str:
     """Name of the Secret holding ``gateway``'s rendered config in a pod's namespace."""
     return f"{CONFIG_SECRET_PREFIX}{gateway}"
+
+
+def ca_key(hop: str, node: str) -> str:
+    """The config Secret key holding one chain node's CA bundle (hop and node names are unique)."""
+    return f"ca-{hop}-{node}.pem"
+
+
+def ca_path(hop: str, node: str) -> str:
+    """Where the sidecar reads that CA bundle once the Secret is mounted (a GOST ``caFile``)."""
+    return f"{CONFIG_MOUNT_DIR}/{ca_key(hop, node)}"

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from tungo_sidecar import errors
 from tungo_sidecar.proto import relay
-from tungo_sidecar.proto.address import Address
+from tungo_sidecar.proto.address import Address, encode_address
 
 SHARED_VECTORS = Path("/work/shared/spec/relay_vectors.json")
 
@@ -209,8 +209,8 @@ def test_user_auth_edge_cases() -> None:
 
 
 def test_address_encodings() -> None:
-    assert relay.encode_address(Address("", 8080)) == b"\x03\x00\x1f\x90"
-    assert relay.encode_address(Address("\u00fc.example", 1)) == b"\x03\x0a\xc3\xbc.example\x00\x01"
+    assert encode_address(Address("", 8080)) == b"\x03\x00\x1f\x90"
+    assert encode_address(Address("\u00fc.example", 1)) == b"\x03\x0a\xc3\xbc.example\x00\x01"
     with pytest.raises(ValueError):
         relay.AddressFeature(Address("a" * 256, 1))
     full_v6 = relay.AddressFeature.decode_data(b"\x04" + bytes(15) + b"\x01" + b"\x00\x35")

@@ -6,7 +6,9 @@ class they can act on. Always chain (``raise X(...) from exc``) so the cause sta
     TungoError
     ├── ConfigError                 bad -L/-F URL, bad YAML, bad metadata value (exit code 2)
     ├── ProtocolError               a peer sent bytes that do not parse (relay, socks5, http, ws)
-    │   └── RelayProtocolError      malformed relay frame, wrong version, oversized feature
+    │   ├── RelayProtocolError      malformed relay frame, wrong version, oversized feature
+    │   ├── Socks5ProtocolError     malformed socks5 message (``.reply``: the REP a server should send)
+    │   └── HttpProtocolError       malformed or oversized HTTP CONNECT head (``.status``: what to answer)
     ├── RelayStatusError            a relay server answered non-OK; one subclass per status code
     │   ├── RelayBadRequest (1)         ├── RelayServiceUnavailable (5)
     │   ├── RelayUnauthorized (2)       ├── RelayHostUnreachable (6)
@@ -34,6 +36,24 @@ class ProtocolError(TungoError):
 
 class RelayProtocolError(ProtocolError):
     """A relay frame is malformed: wrong version, truncated or oversized feature, bad address."""
+
+
+class Socks5ProtocolError(ProtocolError):
+    """A socks5 message is malformed. ``reply`` is the REP code a server should answer before closing
+    (e.g. 8 for an unknown address type), or None when the peer gets no reply (bad version)."""
+
+    def __init__(self, message: str, reply: int | None = None) -> None:
+        super().__init__(message)
+        self.reply = reply
+
+
+class HttpProtocolError(ProtocolError):
+    """An HTTP CONNECT head is malformed or too large. ``status`` is the HTTP status a server should
+    answer (400, 431...), or None on the client side."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class RelayStatusError(TungoError):

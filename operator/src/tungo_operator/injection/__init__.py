@@ -1,0 +1,6 @@
+"""Sidecar injection, pure: pod manifest + gateways + namespace -> allow/deny and a JSON Patch.
+
+Public API (import the modules, not names): ``core.decide``, ``core.GatewayInfo``, ``core.NamespaceInfo``,
+``core.Decision``, ``sidecar.SidecarSettings``. Called by tungo_operator.webhook; depends only on
+tungo_operator.model and tungo_operator.errors. Must never import kopf, aiohttp or asyncio, nor do I/O.
+"""

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import http.client
+import io
 import itertools
 
 import pytest
@@ -142,6 +144,61 @@ def test_credentials_codec() -> None:
         with pytest.raises(errors.HttpProtocolError) as info:
             hc.BasicCredentials.from_header_value(bad)
         assert info.value.status == 400
+
+
+def test_default_port_like_gost() -> None:
+    head = hc.RequestHead("CONNECT", "example.com")
+    assert head.connect_address(default_port=80) == Address("example.com", 80)
+    assert hc.RequestHead("CONNECT", "[::1]").connect_address(default_port=80) == Address("::1", 80)
+
+
+def test_gost_handler_responses_parse() -> None:
+    # go-gost/x handler/http buildConnectResponse(), and a Go http.Response.Write of its 407.
+    reader = hc.ResponseHeadReader()
+    head = reader.feed(b"HTTP/1.1 200 Connection established\r\nProxy-Agent: gost/3.0\r\n\r\n\x16\x03")
+    assert head == hc.ResponseHead(200, "Connection established", hc.Headers((("Proxy-Agent", "gost/3.0"),)))
+    assert reader.leftover == b"\x16\x03"
+    refused = hc.ResponseHeadReader().feed(
+        b"HTTP/1.1 407 Proxy Authentication Required\r\nConnection: close\r\n"
+        b'Proxy-Agent: gost/3.0\r\nProxy-Authenticate: Basic realm="gost"\r\n\r\n'
+    )
+    assert refused is not None and refused.status == 407 and not refused.ok
+
+
+class _FakeSocket:
+    """Just enough of a socket for http.client to read a canned response from memory."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def makefile(self, mode: str) -> io.BufferedReader:
+        return io.BufferedReader(io.BytesIO(self._data))
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        hc.ResponseHead.connection_established(),
+        hc.ResponseHead.proxy_auth_required("corp"),
+        hc.ResponseHead.forbidden(),
+        hc.ResponseHead.bad_gateway(),
+    ],
+)
+def test_stdlib_client_reads_our_responses(head: hc.ResponseHead) -> None:
+    # An independent parser (CPython's http.client, which urllib's proxy tunnelling uses) agrees.
+    response = http.client.HTTPResponse(_FakeSocket(head.encode()), method="CONNECT")  # type: ignore[arg-type]
+    response.begin()
+    assert (response.status, response.reason) == (head.status, head.reason)
+    assert sorted(response.getheaders()) == sorted(head.headers.items)
+
+
+def test_stdlib_parses_our_request_headers() -> None:
+    wire = hc.ConnectRequest(Address("example.com", 443), hc.BasicCredentials("u", "p")).encode()
+    request_line, _, rest = wire.partition(b"\r\n")
+    assert request_line == b"CONNECT example.com:443 HTTP/1.1"
+    parsed = http.client.parse_headers(io.BytesIO(rest))
+    assert parsed["Host"] == "example.com:443"
+    assert parsed["Proxy-Authorization"] == "Basic dTpw"
 
 
 @pytest.mark.parametrize(

@@ -234,17 +234,18 @@ class RequestHead:
     headers: Headers = field(default_factory=Headers)
     version: str = "HTTP/1.1"
 
-    def connect_address(self) -> Address:
+    def connect_address(self, default_port: int | None = None) -> Address:
         """The authority-form target of a CONNECT (``host:port``, ``[v6]:port``).
 
-        Raises HttpProtocolError: 405 for another method, 400 for a target without host or port.
+        ``default_port`` fills in a missing port (GOST's handler uses 80); None requires one, as RFC
+        9110 does. Raises HttpProtocolError: 405 for another method, 400 for a bad target.
         """
         if self.method != "CONNECT":
             raise errors.HttpProtocolError(
                 f"http: method {self.method} is not CONNECT", STATUS_METHOD_NOT_ALLOWED
             )
         try:
-            address = Address.parse(self.target)
+            address = Address.parse(self.target, default_port=default_port)
         except ValueError as exc:
             raise errors.HttpProtocolError(
                 f"http: bad CONNECT target {self.target!r}", STATUS_BAD_REQUEST

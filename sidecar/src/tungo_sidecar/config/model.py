@@ -26,10 +26,12 @@ class Metadata(Mapping[str, Any]):
     command line fails at start-up instead of deep inside a flow.
     """
 
-    __slots__ = ("_items",)
+    __slots__ = ("_items", "_keys")
 
     def __init__(self, items: Mapping[str, Any] | None = None) -> None:
         self._items: dict[str, Any] = {k.lower(): v for k, v in (items or {}).items()}
+        # The keys as written (``postUp``, ``udpTimeout``), so a config printed back reads like GOST's.
+        self._keys: dict[str, str] = {k.lower(): k for k in (items or {})}
 
     def __getitem__(self, key: str) -> Any:
         return self._items[key.lower()]
@@ -50,6 +52,10 @@ class Metadata(Mapping[str, Any]):
 
     def __hash__(self) -> int:
         return hash(tuple(sorted((k, repr(v)) for k, v in self._items.items())))
+
+    def original_items(self) -> list[tuple[str, Any]]:
+        """The items with their keys spelled as written (lookups stay case-insensitive)."""
+        return [(self._keys[k], v) for k, v in self._items.items()]
 
     def get_str(self, key: str, default: str | None = None) -> str | None:
         value = self._items.get(key.lower())
@@ -173,12 +179,16 @@ class Hop:
     nodes: tuple[Node, ...]
     bypass: str | None = None
     selector: Selector | None = None
+    # GOST's hop metadata (``interface``, ``so_mark``... inherited by its nodes) and deprecated field.
+    metadata: Metadata = field(default_factory=Metadata)
+    interface: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class ChainConfig:
     name: str
     hops: tuple[Hop, ...]
+    metadata: Metadata = field(default_factory=Metadata)
 
 
 @dataclass(frozen=True, slots=True)

@@ -316,7 +316,7 @@ def _chunked(data: bytes, cuts: list[int]) -> list[bytes]:
 
 
 @given(responses, st.lists(st.integers(0, 2000), max_size=8), st.binary(max_size=20))
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 def test_responses_round_trip_through_any_chunking(
     head: hc.ResponseHead, cuts: list[int], tail: bytes
 ) -> None:
@@ -334,7 +334,7 @@ def test_responses_round_trip_through_any_chunking(
 
 
 @given(hosts, st.integers(0, 0xFFFF), headers, st.lists(st.integers(0, 2000), max_size=8))
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 def test_connect_requests_round_trip(host: str, port: int, extra: hc.Headers, cuts: list[int]) -> None:
     request = hc.ConnectRequest(Address(host, port), hc.BasicCredentials("user", "pw"), extra)
     reader = hc.RequestHeadReader()
@@ -349,7 +349,7 @@ def test_connect_requests_round_trip(host: str, port: int, extra: hc.Headers, cu
 
 
 @given(st.binary(max_size=400), st.lists(st.integers(0, 500), max_size=6))
-@settings(max_examples=400)
+@settings(max_examples=400, deadline=None)
 def test_random_bytes_only_raise_declared_errors(data: bytes, cuts: list[int]) -> None:
     for reader in (hc.RequestHeadReader(max_size=256), hc.ResponseHeadReader(max_size=256)):
         try:

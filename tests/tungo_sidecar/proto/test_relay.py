@@ -350,7 +350,7 @@ def _chunked(data: bytes, cuts: list[int]) -> list[bytes]:
 
 
 @given(requests | responses, st.lists(st.integers(0, 10_000), max_size=8), st.binary(max_size=20))
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 def test_objects_round_trip_through_any_chunking(
     obj: relay.Request | relay.Response, cuts: list[int], tail: bytes
 ) -> None:
@@ -370,7 +370,7 @@ def test_objects_round_trip_through_any_chunking(
 
 
 @given(st.binary(max_size=300), st.lists(st.integers(0, 400), max_size=6))
-@settings(max_examples=500)
+@settings(max_examples=500, deadline=None)
 def test_random_bytes_only_raise_declared_errors(data: bytes, cuts: list[int]) -> None:
     for reader in (relay.RequestReader(), relay.ResponseReader()):
         try:
@@ -388,6 +388,7 @@ def test_random_bytes_only_raise_declared_errors(data: bytes, cuts: list[int]) -
 
 
 @given(st.lists(st.binary(max_size=600), max_size=8), st.lists(st.integers(0, 10_000), max_size=10))
+@settings(deadline=None)
 def test_datagrams_survive_any_chunking(payloads: list[bytes], cuts: list[int]) -> None:
     wire = b"".join(relay.encode_datagram(p) for p in payloads)
     reader = relay.DatagramReader()
@@ -396,6 +397,7 @@ def test_datagrams_survive_any_chunking(payloads: list[bytes], cuts: list[int]) 
 
 
 @given(st.binary(max_size=500), st.lists(st.integers(0, 600), max_size=6))
+@settings(deadline=None)
 def test_datagram_reader_never_raises_on_random_bytes(data: bytes, cuts: list[int]) -> None:
     reader = relay.DatagramReader()
     out = [d for chunk in _chunked(data, cuts) for d in reader.feed(chunk)]

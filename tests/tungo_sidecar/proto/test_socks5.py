@@ -287,7 +287,7 @@ def _chunked(data: bytes, cuts: list[int]) -> list[bytes]:
 
 
 @given(messages, st.lists(st.integers(0, 1000), max_size=8), st.binary(max_size=16))
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 def test_messages_round_trip_through_any_chunking(message: Any, cuts: list[int], tail: bytes) -> None:
     reader = READER_FOR[type(message)]()
     wire = message.encode()
@@ -302,7 +302,7 @@ def test_messages_round_trip_through_any_chunking(message: Any, cuts: list[int],
 
 
 @given(st.binary(max_size=300), st.lists(st.integers(0, 400), max_size=6))
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 def test_random_bytes_only_raise_declared_errors(data: bytes, cuts: list[int]) -> None:
     for reader_cls in READERS:
         reader = reader_cls()
@@ -320,12 +320,14 @@ def test_random_bytes_only_raise_declared_errors(data: bytes, cuts: list[int]) -
 
 
 @given(addresses, st.binary(max_size=200), byte)
+@settings(deadline=None)
 def test_udp_datagrams_round_trip(address: Address, data: bytes, frag: int) -> None:
     datagram = socks5.UdpDatagram(address, data, frag)
     assert socks5.UdpDatagram.decode(datagram.encode()) == datagram
 
 
 @given(st.binary(max_size=300))
+@settings(deadline=None)
 def test_udp_decode_random_bytes_only_raises_declared_errors(packet: bytes) -> None:
     try:
         datagram = socks5.UdpDatagram.decode(packet)

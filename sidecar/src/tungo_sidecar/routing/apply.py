@@ -1,0 +1,219 @@
+"""The routing executor: applies a ``routing.plan.Plan`` to the kernel with pyroute2, and undoes it.
+
+Owns every netlink write the sidecar makes for routes and rules (the TUN device's own address and link
+state belong to ``tun/``). The runner calls ``apply_plan`` once the TUN is up and ``teardown`` on exit
+(from a thread: pyroute2's synchronous ``IPRoute`` cannot run inside a running asyncio loop, hence the
+``*_async`` wrappers). It never decides *what* to change — that is the plan's job — and never touches
+routes or rules the plan does not name.
+
+Idempotent, because the sidecar may be killed and restarted on top of its own leftovers (DESIGN.md §3):
+routes are written with NLM_F_REPLACE semantics (a second apply overwrites, never duplicates); rules
+have no replace in netlink, so they are added with NLM_F_EXCL and EEXIST means "already there" (the
+kernel compares every field, so this is exactly our rule). Each step records whether it found the
+kernel already in that state, which tells a restart from a first start in the logs.
+
+``teardown`` removes exactly what an ``apply_plan`` reported, in reverse, treating "already gone"
+(ESRCH/ENOENT: e.g. the TUN vanished and took its routes with it) as success. A failure in the middle of
+``apply_plan`` undoes the steps already taken before raising ``TunError``: a half-applied capture
+(rules without routes, or the reverse) never stays behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pyroute2 import IPRoute, NetNS
+from pyroute2.netlink.exceptions import NetlinkError
+
+from tungo_sidecar.errors import TunError
+from tungo_sidecar.routing.plan import AddRoute, AddRule, Operation, Plan
+
+log = logging.getLogger(__name__)
+
+_AF = {4: 2, 6: 10}  # AF_INET, AF_INET6: netlink wants the numbers.
+# FIB_RULE_INVERT from linux/fib_rules.h: the "not" in "not fwmark M".
+_FIB_RULE_INVERT = 0x2
+_FULL_MASK = 0xFFFFFFFF
+# Routes we write carry "proto static" (RTPROT_STATIC), as `ip route` does for routes added by hand.
+_RTPROT_STATIC = 4
+_GONE = (errno.ESRCH, errno.ENOENT)
+
+Outcome = Literal["added", "replaced", "already present"]
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One operation done, and what the kernel had before: new, overwritten, or identical already."""
+
+    op: Operation
+    outcome: Outcome
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What ``apply_plan`` did, in order; ``teardown`` undoes exactly this."""
+
+    steps: tuple[Step, ...]
+
+    @property
+    def leftovers(self) -> int:
+        """How many steps found the kernel already (partly) in place: >0 means a previous run's state."""
+        return sum(1 for s in self.steps if s.outcome != "added")
+
+
+@contextmanager
+def netlink(netns: str | None = None) -> Iterator[Any]:
+    """An rtnetlink socket in the current network namespace, or in the named one (tests, tooling)."""
+    try:
+        # flags=0: join an existing namespace only; pyroute2 would otherwise create a mistyped one.
+        ipr = NetNS(netns, flags=0) if netns else IPRoute()
+    except (OSError, NetlinkError) as exc:
+        raise TunError(
+            f"routing: cannot open netlink{f' in netns {netns!r}' if netns else ''}: {exc}"
+        ) from exc
+    try:
+        yield ipr
+    finally:
+        ipr.close()
+
+
+def apply_plan(plan: Plan, ipr: Any) -> Applied:
+    """Apply every operation of ``plan`` through ``ipr`` (IPRoute or NetNS); TunError after a rollback."""
+    done: list[Step] = []
+    ifindex: dict[str, int] = {}
+    for op in plan.operations:
+        try:
+            outcome = _apply_route(ipr, op, ifindex) if isinstance(op, AddRoute) else _apply_rule(ipr, op)
+        except (NetlinkError, OSError, TunError) as exc:
+            undo_errors = _undo(ipr, done)
+            what = op.render()
+            detail = exc if isinstance(exc, TunError) else _describe(exc)
+            extra = f"; rollback also failed: {'; '.join(undo_errors)}" if undo_errors else ""
+            raise TunError(f"routing: {what}: {detail}{extra}") from exc
+        done.append(Step(op, outcome))
+    applied = Applied(tuple(done))
+    if applied.leftovers:
+        log.info(
+            "routing: %d of %d steps were already in place (restart after a crash?)",
+            applied.leftovers,
+            len(done),
+        )
+    return applied
+
+
+def teardown(applied: Applied, ipr: Any) -> None:
+    """Undo ``applied`` in reverse; already-gone is fine; TunError listing what could not be removed."""
+    errors = _undo(ipr, list(applied.steps))
+    if errors:
+        raise TunError("routing: teardown left state behind: " + "; ".join(errors))
+
+
+async def apply_plan_async(plan: Plan, netns: str | None = None) -> Applied:
+    """``apply_plan`` on a fresh netlink socket, in a worker thread (safe to await from the runner)."""
+
+    def run() -> Applied:
+        with netlink(netns) as ipr:
+            return apply_plan(plan, ipr)
+
+    return await asyncio.to_thread(run)
+
+
+async def teardown_async(applied: Applied, netns: str | None = None) -> None:
+    def run() -> None:
+        with netlink(netns) as ipr:
+            teardown(applied, ipr)
+
+    await asyncio.to_thread(run)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, NetlinkError):
+        return f"{errno.errorcode.get(exc.code, exc.code)} ({exc})"
+    return str(exc)
+
+
+def _route_args(op: AddRoute) -> dict[str, Any]:
+    args: dict[str, Any] = {
+        "family": _AF[op.family],
+        "dst": str(op.dst),
+        "table": op.table,
+        "priority": op.metric,
+        "type": op.type,
+    }
+    if op.gateway is not None:
+        args["gateway"] = str(op.gateway)
+    return args
+
+
+def _lookup(ipr: Any, dev: str, cache: dict[str, int]) -> int:
+    if dev not in cache:
+        found = ipr.link_lookup(ifname=dev)
+        if not found:
+            raise TunError(f"device {dev!r} does not exist")
+        cache[dev] = int(found[0])
+    return cache[dev]
+
+
+def _apply_route(ipr: Any, op: AddRoute, ifindex: dict[str, int]) -> Outcome:
+    args = _route_args(op)
+    args["proto"] = _RTPROT_STATIC
+    if op.dev is not None:
+        args["oif"] = _lookup(ipr, op.dev, ifindex)
+    try:
+        # "add" (create + exclusive) first only to learn whether it existed; "replace" makes it ours.
+        ipr.route("add", **args)
+        return "added"
+    except NetlinkError as exc:
+        if exc.code != errno.EEXIST:
+            raise
+    ipr.route("replace", **args)
+    return "replaced"
+
+
+def _rule_args(op: AddRule) -> dict[str, Any]:
+    args: dict[str, Any] = {"family": _AF[op.family], "priority": op.priority, "table": op.table}
+    if op.fwmark is not None:
+        args["fwmark"] = op.fwmark
+        args["fwmask"] = _FULL_MASK
+    if op.invert:
+        args["flags"] = _FIB_RULE_INVERT
+    if op.suppress_prefixlength is not None:
+        # pyroute2 spells the attribute "suppress_prefixlen"; its "suppress_prefixlength" alias drops a 0.
+        args["suppress_prefixlen"] = op.suppress_prefixlength
+    return args
+
+
+def _apply_rule(ipr: Any, op: AddRule) -> Outcome:
+    try:
+        ipr.rule("add", **_rule_args(op))
+    except NetlinkError as exc:
+        if exc.code == errno.EEXIST:
+            return "already present"
+        raise
+    return "added"
+
+
+def _undo(ipr: Any, steps: list[Step]) -> list[str]:
+    """Remove ``steps`` in reverse; returns the failures (already-gone is not one)."""
+    errors: list[str] = []
+    for step in reversed(steps):
+        op = step.op
+        try:
+            if isinstance(op, AddRoute):
+                # No oif: the device may be gone already; dst + table + metric + type name our route.
+                ipr.route("del", **_route_args(op))
+            else:
+                ipr.rule("del", **_rule_args(op))
+        except NetlinkError as exc:
+            if exc.code in _GONE:
+                continue
+            errors.append(f"{op.render('del')}: {_describe(exc)}")
+        except OSError as exc:
+            errors.append(f"{op.render('del')}: {exc}")
+    return errors

@@ -232,6 +232,7 @@ def test_bad_connect_targets(target: str, method: str, status: int) -> None:
         b"CONNECT example.com:443 HTTP/1.1\r\nA: b\x00c\r\n\r\n",
         b"CONNECT example.com:443 HTTP/1.1\r\nA: b\rc\r\n\r\n",
         b"CONN\x01ECT example.com:443 HTTP/1.1\r\n\r\n",
+        b"CONNECT exa\rmple.com:443 HTTP/1.1\r\n\r\n",
     ],
 )
 def test_malformed_requests_answer_400(wire: bytes) -> None:
@@ -262,6 +263,7 @@ def test_head_size_limit() -> None:
     reader = hc.RequestHeadReader()
     line = b"X-Pad: " + b"a" * 1000 + b"\r\n"
     assert reader.feed(b"CONNECT a:1 HTTP/1.1\r\n") is None
+    assert reader.buffered == 22
     with pytest.raises(errors.HttpProtocolError, match="exceeds 65536") as info:
         for _ in range(70):  # bounded: 70 KB > 64 KiB
             assert reader.feed(line) is None
@@ -283,6 +285,8 @@ def test_constructor_validation() -> None:
         hc.Headers((("A", "x\r\nInjected: 1"),))
     with pytest.raises(ValueError):
         hc.ResponseHead(99)
+    with pytest.raises(ValueError):
+        hc.ResponseHead(200, "a\x00b")
     with pytest.raises(ValueError):
         hc.ResponseHead(200, version="HTTP/11")
     with pytest.raises(ValueError):

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from tungo_sidecar import errors
 from tungo_sidecar.proto import relay
-from tungo_sidecar.proto.address import Address, encode_address
+from tungo_sidecar.proto.address import Address, address_length, decode_address, encode_address
 
 SHARED_VECTORS = Path("/work/shared/spec/relay_vectors.json")
 
@@ -402,3 +402,18 @@ def test_datagram_reader_never_raises_on_random_bytes(data: bytes, cuts: list[in
     reader = relay.DatagramReader()
     out = [d for chunk in _chunked(data, cuts) for d in reader.feed(chunk)]
     assert sum(len(d) + 2 for d in out) + reader.buffered == len(data)
+
+
+def test_remaining_edges() -> None:
+    tid = bytes(range(16)) + bytes([relay.TUNNEL_FLAG_PRIVATE, 0, 0, 1])
+    request = relay.Request.connect(Address("1.2.3.4", 80), tunnel_id=tid)
+    assert request.tunnel_id == tid and request.features[-1] == relay.TunnelFeature(tid)
+    assert relay.Request(relay.CMD_ASSOCIATE).address is None
+    assert relay.Response(relay.Status.OK).address is None
+    with pytest.raises(ValueError):
+        relay.UnknownFeature(0x40, bytes(0x10000))
+    # The shared ATYP helpers: exact-length mode and "not yet knowable" for a lone domain ATYP byte.
+    with pytest.raises(errors.RelayProtocolError, match="1 bytes after the address"):
+        decode_address(encode_address(Address("1.2.3.4", 1)) + b"x", errors.RelayProtocolError)
+    assert address_length(b"\x03", errors.RelayProtocolError) is None
+    assert address_length(b"", errors.RelayProtocolError) is None

@@ -334,3 +334,8 @@ def test_udp_decode_random_bytes_only_raises_declared_errors(packet: bytes) -> N
     except errors.Socks5ProtocolError:
         return
     assert socks5.UdpDatagram.decode(datagram.encode()) == datagram
+
+
+def test_request_command_range() -> None:
+    with pytest.raises(ValueError):
+        socks5.Request(256, Address("1.2.3.4", 1))

@@ -21,6 +21,7 @@ This module never touches the kernel, the network or the file system.
 from __future__ import annotations
 
 import ipaddress
+import shlex
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network
 from typing import TYPE_CHECKING
@@ -291,5 +292,21 @@ def _commands(md: Metadata, key: str) -> tuple[str, ...]:
         if not isinstance(line, str):
             raise ConfigError(f"tungo: {key}: expected command lines as strings, got {line!r}")
         if line.strip():
+            try:
+                split_command(line)
+            except ConfigError as exc:
+                raise ConfigError(f"tungo: {key} {exc}") from None
             out.append(line.strip())
     return tuple(out)
+
+
+def split_command(line: str) -> list[str]:
+    """A postUp/postDown line as argv, split like GOST's google/shlex: POSIX quoting and escapes, ``#``
+    starts a comment. ConfigError on unbalanced quotes or a line with no command."""
+    try:
+        argv = shlex.split(line, comments=True)
+    except ValueError as exc:
+        raise ConfigError(f"line {line!r}: {exc}") from None
+    if not argv:
+        raise ConfigError(f"line {line!r}: no command")
+    return argv

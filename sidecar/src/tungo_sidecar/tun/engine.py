@@ -1,0 +1,257 @@
+"""The TUN engine: one packet loop that NATs TCP onto local listeners and terminates UDP sessions.
+
+Owns the read loop over the device, the per-family NAT listeners and every flow task (in one
+TaskGroup: nothing is fire-and-forget). Called by the app (and tests) as
+``await TunEngine(device, dialer).run()``, which runs until cancelled. The route of each new flow is
+``decide(Flow)`` (pure, ``chain.route``): ``CHAIN`` dials through ``dialer``, ``DIRECT`` through
+``direct_dialer`` (refused when there is none: fail closed).
+
+The packet loop is a reader callback, not a coroutine: per packet it validates headers
+(``proto.packet``), rewrites TCP in place (``tun.nat``) and writes it back, with no per-packet buffer
+allocation. A bad packet is counted in ``stats.drops`` and never raises out of the loop. Routes,
+rules and the device's life belong to others (``routing``, ``tun.device``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+import socket
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from tungo_sidecar.chain import route
+from tungo_sidecar.chain.route import Flow, Route
+from tungo_sidecar.errors import DialError, TunError
+from tungo_sidecar.net.dialer import FlowDialer
+from tungo_sidecar.net.stream import Datagrams, Stream
+from tungo_sidecar.proto import packet
+from tungo_sidecar.proto.address import Network
+from tungo_sidecar.proto.packet import Drop
+from tungo_sidecar.tun.device import TunDevice
+from tungo_sidecar.tun.nat import FORWARD, NEW, TcpNat, TcpSession, TunStats, pick_next
+from tungo_sidecar.tun.tcp import TcpFlows
+from tungo_sidecar.tun.udp import UdpFlows, UdpSession
+
+log = logging.getLogger(__name__)
+
+#: Packets handled per readiness callback before yielding to the event loop (fairness with splices).
+BATCH = 64
+#: Read buffer: virtio-net header + the largest IP packet (GSO super-packets included).
+READ_SIZE = packet.VNET_HDR_LEN + 65535
+LISTEN_BACKLOG = 4096
+SWEEP_SECONDS = 1.0
+
+Decide = Callable[[Flow], Route]
+
+
+class TunEngine:
+    """Moves the flows of one TUN device to a ``FlowDialer``."""
+
+    def __init__(
+        self,
+        device: TunDevice,
+        dialer: FlowDialer,
+        *,
+        decide: Decide = route.decide,
+        direct_dialer: FlowDialer | None = None,
+        udp_timeout: float = 30.0,
+        dial_timeout: float = 10.0,
+        accept_timeout: float = 10.0,
+    ) -> None:
+        self.device = device
+        self.dialer = dialer
+        self.direct_dialer = direct_dialer
+        self.decide = decide
+        self.dial_timeout = dial_timeout
+        self.accept_timeout = accept_timeout
+        self.stats = TunStats()
+        self._hl = device.header_len
+        self._header = packet.VNET_HDR_PLAIN if device.vnet_hdr else b""
+        self._buf = bytearray(READ_SIZE)
+        self._bufs = [self._buf]
+        self._view = memoryview(self._buf)
+        self._group: asyncio.TaskGroup | None = None
+        self._nat4: TcpNat | None = None
+        self._nat6: TcpNat | None = None
+        self._tcp: list[TcpFlows] = []
+        self._read_error_logged = False
+        self.udp = UdpFlows(
+            write_packet=self._write,
+            header=self._header,
+            dial=self._dial_udp,
+            spawn=self._spawn,
+            stats=self.stats,
+            timeout=udp_timeout,
+            dial_timeout=dial_timeout,
+        )
+        self._ifaces: dict[int, ipaddress.IPv4Interface | ipaddress.IPv6Interface] = {}
+        for iface in device.addresses:
+            self._ifaces.setdefault(iface.version, iface)  # the first address of each family serves
+        for iface in self._ifaces.values():
+            try:
+                pick_next(iface)
+            except ValueError as exc:
+                raise TunError(str(exc)) from exc
+
+    async def run(self) -> None:
+        """Serve the device until cancelled; closes the listeners (not the device) on the way out."""
+        loop = asyncio.get_running_loop()
+        listeners: list[socket.socket] = []
+        try:
+            for version, iface in self._ifaces.items():
+                listener = self._listen(iface)
+                listeners.append(listener)
+                nat = TcpNat(iface.ip, pick_next(iface), listener.getsockname()[1], self.stats)
+                if version == 4:
+                    self._nat4 = nat
+                else:
+                    self._nat6 = nat
+                self._tcp.append(
+                    TcpFlows(
+                        nat,
+                        listener,
+                        write_packet=self._write,
+                        header=self._header,
+                        dial=self._dial_tcp,
+                        stats=self.stats,
+                        dial_timeout=self.dial_timeout,
+                        accept_timeout=self.accept_timeout,
+                    )
+                )
+            async with asyncio.TaskGroup() as group:
+                self._group = group
+                for flows in self._tcp:
+                    group.create_task(flows.accept_loop())
+                group.create_task(self._sweep_loop())
+                loop.add_reader(self.device.fd, self._on_readable)
+                try:
+                    await asyncio.Event().wait()
+                finally:
+                    loop.remove_reader(self.device.fd)
+        finally:
+            self._group = None
+            for listener in listeners:
+                listener.close()
+
+    def _listen(self, iface: ipaddress.IPv4Interface | ipaddress.IPv6Interface) -> socket.socket:
+        family = socket.AF_INET if iface.version == 4 else socket.AF_INET6
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((str(iface.ip), 0))
+            sock.listen(LISTEN_BACKLOG)
+            sock.setblocking(False)
+        except OSError as exc:
+            sock.close()
+            raise TunError(f"cannot listen on the TUN address {iface.ip}: {exc}") from exc
+        return sock
+
+    # --- packet loop ------------------------------------------------------------------------------
+    def _on_readable(self) -> None:
+        fd, buf, bufs, view, hl, stats = (
+            self.device.fd,
+            self._buf,
+            self._bufs,
+            self._view,
+            self._hl,
+            self.stats,
+        )
+        drops = stats.drops
+        for _ in range(BATCH):
+            try:
+                n = os.readv(fd, bufs)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if not self._read_error_logged:
+                    self._read_error_logged = True
+                    log.error("reading TUN %s failed: %s", self.device.name, exc)
+                return
+            stats.packets_in += 1
+            l4 = packet.ip_l4_offset(buf, hl, n)
+            if l4 < 0:
+                drops[-l4] += 1
+                continue
+            try:
+                if buf[hl] >> 4 == 4:
+                    proto, nat = buf[hl + 9], self._nat4
+                else:
+                    proto, nat = buf[hl + 6], self._nat6
+                if proto != packet.PROTO_TCP:
+                    self.udp.on_packet(buf, hl, l4, n)
+                    continue
+                if nat is None:  # a family the TUN has no address of
+                    drops[Drop.UNSUPPORTED] += 1
+                    continue
+                flags = packet.tcp_check(buf, l4, n)
+                if flags < 0:
+                    drops[-flags] += 1
+                    continue
+                verdict = nat.translate(buf, hl, l4, n, flags)
+                if verdict == FORWARD:
+                    try:
+                        os.write(fd, view[:n])
+                        stats.packets_out += 1
+                    except OSError:
+                        stats.write_errors += 1
+                elif verdict == NEW:
+                    session = nat.pending
+                    assert session is not None
+                    self._spawn(self._tcp_for(nat).run_flow(session))
+                elif verdict < 0:
+                    drops[-verdict] += 1
+            except Exception:  # a bug must cost one packet, not the data plane
+                stats.flow_errors += 1
+                log.exception("TUN packet handling failed; packet dropped")
+
+    def _tcp_for(self, nat: TcpNat) -> TcpFlows:
+        return next(flows for flows in self._tcp if flows.nat is nat)
+
+    def _write(self, data: bytes | bytearray) -> None:
+        try:
+            os.write(self.device.fd, data)
+            self.stats.packets_out += 1
+        except OSError:
+            self.stats.write_errors += 1
+
+    # --- flows ------------------------------------------------------------------------------------
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        if self._group is None:
+            coro.close()
+            return
+        self._group.create_task(self._guard(coro))
+
+    async def _guard(self, coro: Coroutine[Any, Any, None]) -> None:
+        # A flow that fails (a reset, a broken upstream) must never cancel the engine's TaskGroup.
+        try:
+            await coro
+        except Exception as exc:
+            self.stats.flow_errors += 1
+            log.debug("TUN flow ended with an error: %r", exc)
+
+    def _dialer_for(self, flow: Flow) -> FlowDialer:
+        verdict = self.decide(flow)
+        if verdict is Route.CHAIN:
+            return self.dialer
+        if self.direct_dialer is None:
+            raise DialError(f"{flow.network} {flow.dst}: route {verdict} but no direct dialer: refused")
+        return self.direct_dialer
+
+    async def _dial_tcp(self, session: TcpSession) -> Stream:
+        flow = Flow(Network.TCP, session.src, session.dst)
+        return await self._dialer_for(flow).dial_tcp(session.dst)
+
+    async def _dial_udp(self, session: UdpSession) -> Datagrams:
+        flow = Flow(Network.UDP, session.src, session.dst)
+        return await self._dialer_for(flow).dial_udp(session.dst)
+
+    async def _sweep_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(SWEEP_SECONDS)
+            for nat in (self._nat4, self._nat6):
+                if nat is not None:
+                    nat.sweep(loop.time())

@@ -9,12 +9,18 @@ from __future__ import annotations
 from tungo_sidecar.config.model import Plugin
 from tungo_sidecar.errors import ConfigError
 from tungo_sidecar.net.connectors.base import Connector, ConnectorFactory, HopContext
+from tungo_sidecar.net.connectors.http import HttpConnector
 from tungo_sidecar.net.connectors.relay import RelayConnector
+from tungo_sidecar.net.connectors.socks5 import Socks5Connector
 
 __all__ = ["CONNECTORS", "Connector", "ConnectorFactory", "HopContext", "make_connector"]
 
 CONNECTORS: dict[str, ConnectorFactory] = {
     "relay": RelayConnector,
+    "socks5": Socks5Connector,
+    # GOST accepts "socks" as another name of its socks5 connector.
+    "socks": Socks5Connector,
+    "http": HttpConnector,
 }
 
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar, Protocol
+from typing import ClassVar, Protocol, TypeVar
 
 from tungo_sidecar.config.model import Plugin
+from tungo_sidecar.errors import ProtocolError
 from tungo_sidecar.net.stream import CHUNK, Datagrams, Stream
 from tungo_sidecar.proto.address import Address
 
@@ -81,3 +82,37 @@ class PrefixedStream:
 def prefixed(stream: Stream, prefix: bytes) -> Stream:
     """``stream`` itself when there is nothing to replay, else a ``PrefixedStream``."""
     return PrefixedStream(stream, prefix) if prefix else stream
+
+
+_Message_co = TypeVar("_Message_co", covariant=True)
+
+
+class MessageReader(Protocol[_Message_co]):
+    """The incremental readers of ``proto`` (relay, socks5, http): feed bytes, get a message once."""
+
+    def feed(self, data: bytes) -> _Message_co | None: ...
+
+    @property
+    def leftover(self) -> bytes: ...
+
+    @property
+    def buffered(self) -> int: ...
+
+
+async def read_message(
+    stream: Stream, reader: MessageReader[_Message_co], what: str
+) -> tuple[_Message_co, bytes]:
+    """Feed ``stream`` into ``reader`` until it yields its message; return it with the bytes behind it.
+
+    The peer closing first raises ``ProtocolError`` naming ``what`` was expected; the reader's own
+    errors (malformed, oversized) propagate as they are.
+    """
+    while True:
+        chunk = await stream.read(CHUNK)
+        if not chunk:
+            raise ProtocolError(
+                f"{what}: peer closed the connection ({reader.buffered} bytes of it received)"
+            )
+        message = reader.feed(chunk)
+        if message is not None:
+            return message, reader.leftover

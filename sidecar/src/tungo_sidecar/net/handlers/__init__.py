@@ -10,12 +10,17 @@ from tungo_sidecar.config.model import Service
 from tungo_sidecar.errors import ConfigError
 from tungo_sidecar.net.dialer import FlowDialer
 from tungo_sidecar.net.handlers.base import Handler, HandlerFactory
+from tungo_sidecar.net.handlers.http import HttpHandler
 from tungo_sidecar.net.handlers.relay import RelayHandler
+from tungo_sidecar.net.handlers.socks5 import Socks5Handler
 
 __all__ = ["HANDLERS", "Handler", "HandlerFactory", "make_handler"]
 
 HANDLERS: dict[str, HandlerFactory] = {
     "relay": RelayHandler,
+    "socks5": Socks5Handler,
+    "socks": Socks5Handler,
+    "http": HttpHandler,
 }
 
 

@@ -1,0 +1,163 @@
+"""Runs a parsed ``Config``: builds every service, starts them, serves until SIGTERM/SIGINT, stops cleanly.
+
+Called by ``app.cli`` (``await run(config, health=...)``) and by ``app.demo``. Everything is built
+before anything starts, so a bad config fails with one ``ConfigError`` and nothing listening; then all
+services bind (a port in use fails the same way), health is reported ready, and the services run in
+their own owned tasks until a signal (or ``stop``) arrives. Shutdown closes the listeners, cancels the
+sessions still open and waits for them. Never parses command lines or YAML (``config`` does).
+
+Proxy services (relay, socks5, http handlers) are ``net.service.ProxyService``s; each gets a
+``FlowDialer``: the ``ChainDialer`` of its ``chain`` (``-F``) or a ``DirectDialer``. The TUN data plane
+(handler/listener ``tungo``) plugs in through ``TUN_SERVICE_FACTORY`` (see ``_tun_service``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable
+from typing import Protocol
+
+from tungo_sidecar.app.health import HealthService
+from tungo_sidecar.chain.select import first_node
+from tungo_sidecar.config.model import Config, Service
+from tungo_sidecar.config.validate import insecure_tls_nodes, service_socket_options
+from tungo_sidecar.errors import ConfigError
+from tungo_sidecar.net.dialer import FlowDialer
+from tungo_sidecar.net.direct import DirectDialer
+from tungo_sidecar.net.handlers import make_handler
+from tungo_sidecar.net.router import ChainDialer
+from tungo_sidecar.net.service import ProxyService
+from tungo_sidecar.proto.address import Address
+
+log = logging.getLogger(__name__)
+
+#: The handler/listener type of the TUN data plane service (``-L tungo://...``).
+TUNGO = "tungo"
+
+
+class Runnable(Protocol):
+    """A service the runner drives: ``start`` binds or opens devices (errors surface at once),
+    ``stop`` undoes everything ``start`` did and ends its sessions."""
+
+    @property
+    def name(self) -> str: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+class HealthReporter(Protocol):
+    """What the runner tells the health endpoint (``app.health``): ready once every service runs."""
+
+    def set_ready(self, ready: bool, reason: str = "") -> None: ...
+
+
+#: Builds the TUN data plane service for a ``tungo`` service entry, given the dialer of its chain.
+#: Set by the TUN data plane wiring (``app.tun_service``) once it exists; None means unsupported.
+TunServiceFactory = Callable[[Service, Config, FlowDialer], Runnable]
+TUN_SERVICE_FACTORY: TunServiceFactory | None = None
+
+
+def warn_insecure_tls(config: Config) -> None:
+    """One start-up warning when any TLS node runs without server verification (GOST's default)."""
+    nodes = insecure_tls_nodes(config)
+    if nodes:
+        log.warning(
+            "TLS server verification is OFF for %s (GOST's default secure=false): anyone on the path can "
+            "impersonate the server. Turn it on with ?secure=true&serverName=<name>[&caFile=<ca.pem>] on "
+            "the -F URL, or tls: {secure: true, serverName: ..., caFile: ...} on the node in YAML.",
+            ", ".join(nodes),
+        )
+
+
+def dialer_for(service: Service, config: Config) -> FlowDialer:
+    """The service's ``-F`` chain, or a direct dialer carrying the service's interface and mark."""
+    chain = config.chain(service.chain)
+    if chain is not None:
+        return ChainDialer(chain, select=first_node)
+    options = service_socket_options(service)
+    return DirectDialer(mark=options.so_mark or None, interface=options.interface)
+
+
+def _tun_service(service: Service, config: Config, dialer: FlowDialer) -> Runnable:
+    if TUN_SERVICE_FACTORY is None:
+        raise ConfigError(f"service {service.name!r}: the tungo (TUN) service is not available in this build")
+    return TUN_SERVICE_FACTORY(service, config, dialer)
+
+
+def build_services(config: Config) -> list[Runnable]:
+    """Every service of ``config``, built but not started. ConfigError on the first bad one."""
+    if not config.services:
+        raise ConfigError("nothing to run: no service (give at least one -L or a services: entry)")
+    built: list[Runnable] = []
+    for service in config.services:
+        dialer = dialer_for(service, config)
+        if TUNGO in (service.handler.type, service.listener.type):
+            built.append(_tun_service(service, config, dialer))
+        else:
+            built.append(ProxyService(service, make_handler(service, dialer)))
+    return built
+
+
+async def run(
+    config: Config,
+    *,
+    health: Address | None = None,
+    reporter: HealthReporter | None = None,
+    stop: asyncio.Event | None = None,
+    started: Callable[[list[Runnable]], None] | None = None,
+) -> None:
+    """Run ``config`` until SIGTERM/SIGINT or until ``stop`` is set.
+
+    ``health`` is where ``--health`` asks for /healthz and /readyz (served by ``app.health``);
+    ``reporter`` receives readiness directly. ``started`` is called with the running services once
+    all of them are up (tests and the demo read bound ports from it). Raises ``ConfigError`` before
+    anything runs when the config or a bind fails; services already started are stopped again.
+    """
+    warn_insecure_tls(config)
+    services = build_services(config)
+    if health is not None:
+        endpoint = HealthService(health)
+        services.insert(0, endpoint)  # up first, so /healthz answers while the rest starts
+        reporter = reporter or endpoint
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    handled: list[signal.Signals] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            # Not on the main thread (tests) or not on this platform: ``stop`` still works.
+            loop.add_signal_handler(sig, _on_signal, sig, stop)
+            handled.append(sig)
+    running: list[Runnable] = []
+    try:
+        for service in services:
+            await service.start()
+            running.append(service)
+        if reporter is not None:
+            reporter.set_ready(True)
+        if started is not None:
+            started(running)
+        log.info("tungo: %d service(s) running", len(running))
+        await stop.wait()
+    finally:
+        if reporter is not None:
+            reporter.set_ready(False, "shutting down")
+        # Stop in reverse order: a TUN service routes into proxy services, never the other way.
+        results = await asyncio.gather(*(s.stop() for s in reversed(running)), return_exceptions=True)
+        for service, result in zip(reversed(running), results, strict=True):
+            if isinstance(result, Exception):
+                log.warning("service %s: error while stopping: %s", service.name, result)
+        for sig in handled:
+            loop.remove_signal_handler(sig)
+        log.info("tungo: stopped")
+
+
+def _on_signal(sig: signal.Signals, stop: asyncio.Event) -> None:
+    if stop.is_set():
+        return
+    log.info("tungo: %s received, shutting down", sig.name)
+    stop.set()

@@ -179,3 +179,16 @@ def test_settings_are_frozen_and_hashable() -> None:
     with pytest.raises(AttributeError):
         s.mtu = 1  # type: ignore[misc]
     assert hash(s) == hash(parse(route="10.0.0.0/8"))
+
+
+def test_exclude_is_tungo_own_listener_key() -> None:
+    # As the operator renders a TunGateway's excludedCIDRs (listener metadata "exclude").
+    s = parse(exclude="10.244.0.0/16,10.96.0.0/12, 169.254.20.10/32,10.96.0.0/12,fd00::/8")
+    assert s.excluded == (
+        IPv4Network("10.244.0.0/16"),
+        IPv4Network("10.96.0.0/12"),
+        IPv4Network("169.254.20.10/32"),
+        IPv6Network("fd00::/8"),
+    )
+    with pytest.raises(ConfigError, match="tungo: exclude 'pods': expected a CIDR"):
+        parse(exclude="pods")

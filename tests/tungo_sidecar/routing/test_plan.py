@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from tungo_sidecar.config.model import Metadata
+from tungo_sidecar.config.model import ChainConfig, Hop, Metadata, Node, Plugin
 from tungo_sidecar.config.tun import TunSettings, parse_tun_settings
 from tungo_sidecar.errors import ConfigError
+from tungo_sidecar.proto.address import Address
 from tungo_sidecar.routing import plan as planmod
 from tungo_sidecar.routing.plan import (
     FWMARK,
@@ -21,6 +22,7 @@ from tungo_sidecar.routing.plan import (
     AddRule,
     Undo,
     make_plan,
+    relay_hosts,
 )
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -156,3 +158,31 @@ def test_same_settings_same_plan() -> None:
 def test_bad_parameters(kwargs: dict[str, object], needle: str) -> None:
     with pytest.raises(ConfigError, match=needle):
         make_plan(settings(route="0.0.0.0/0"), **kwargs)  # type: ignore[arg-type]
+
+
+def test_listener_exclude_and_parameter_exclusions_merge() -> None:
+    s = parse_tun_settings(Metadata({"route": "0.0.0.0/0", "exclude": "10.244.0.0/16,10.96.0.0/12"}))
+    p = make_plan(s, excluded=["10.96.0.0/12", "169.254.20.10/32"])
+    throws = [str(op.dst) for op in p.operations if isinstance(op, AddRoute) and op.type == "throw"]
+    assert throws == ["10.244.0.0/16", "10.96.0.0/12", "169.254.20.10/32"]
+
+
+def chain(*addrs: str, second_hop: str = "10.9.9.9:443") -> ChainConfig:
+    def node(i: int, addr: str) -> Node:
+        return Node(f"n{i}", addr, Plugin("relay"), Plugin("wss"))
+
+    hops = (Hop("h0", tuple(node(i, a) for i, a in enumerate(addrs))), Hop("h1", (node(9, second_hop),)))
+    return ChainConfig("c", hops)
+
+
+def test_relay_hosts_are_every_first_hop_node() -> None:
+    hosts = relay_hosts(
+        chain("relay.example:443", "[2001:db8::7]:8443", "203.0.113.7:443", "relay.example:443")
+    )
+    assert hosts == (Address("relay.example", 443), Address("2001:db8::7", 8443), Address("203.0.113.7", 443))
+    assert relay_hosts(None) == ()
+    assert relay_hosts(ChainConfig("empty", ())) == ()
+    with pytest.raises(
+        ConfigError, match=r"node 'n0' addr 'relay\.example': address 'relay\.example' has no port"
+    ):
+        relay_hosts(chain("relay.example"))

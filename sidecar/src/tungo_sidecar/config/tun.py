@@ -13,7 +13,9 @@ must not start a tunnel that captures less than the user asked for. Deliberate d
 ``net`` defaults to ``192.168.123.1/24`` (GOST has no default; DESIGN.md §2 picks this one), a plain
 address in ``route``/``routes`` is a host route (GOST ignores it for system routes), a gateway must lie
 inside a TUN ``net`` of its family (routes are for capturing traffic into the TUN; a gateway elsewhere
-would send it around the tunnel), and ``postUp``/``postDown`` given as one string is one command line.
+would send it around the tunnel), ``postUp``/``postDown`` given as one string is one command line,
+and one key is tungo's own: listener ``exclude``, a comma list of CIDRs kept out of the TUN routes
+(the operator renders a TunGateway's ``excludedCIDRs`` into it).
 
 This module never touches the kernel, the network or the file system.
 """
@@ -76,6 +78,7 @@ class TunSettings:
     post_up: tuple[str, ...] = ()
     post_down: tuple[str, ...] = ()
     interface: str | None = None
+    excluded: tuple[IPNetwork, ...] = ()
 
     @classmethod
     def from_service(cls, service: Service) -> TunSettings:
@@ -108,6 +111,7 @@ def parse_tun_settings(
     gateway = _gateway(_get_str(listener, "gw"), nets)
     routes = _routes(listener, gateway, nets)
     dns = tuple(_address(text, "dns") for text in _get_list(listener, "dns"))
+    excluded = tuple(dict.fromkeys(_network(text, "exclude") for text in _get_list(listener, "exclude")))
     udp_timeout = _udp_timeout(handler)
     post_up = _commands(service, "postUp")
     post_down = _commands(service, "postDown")
@@ -126,6 +130,7 @@ def parse_tun_settings(
         post_up=post_up,
         post_down=post_down,
         interface=interface,
+        excluded=excluded,
     )
 
 

@@ -23,16 +23,19 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-from collections.abc import Iterator
+import socket
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from ipaddress import ip_address
 from typing import Any, Literal
 
 from pyroute2 import IPRoute, NetNS
 from pyroute2.netlink.exceptions import NetlinkError
 
 from tungo_sidecar.errors import TunError
-from tungo_sidecar.routing.plan import AddRoute, AddRule, Operation, Plan
+from tungo_sidecar.proto.address import Address
+from tungo_sidecar.routing.plan import AddRoute, AddRule, IPAddress, Operation, Plan
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +133,31 @@ async def teardown_async(applied: Applied, netns: str | None = None) -> None:
             teardown(applied, ipr)
 
     await asyncio.to_thread(run)
+
+
+async def resolve_relay_addresses(hosts: Iterable[Address]) -> tuple[IPAddress, ...]:
+    """The IP addresses of ``hosts`` (``routing.plan.relay_hosts``), for ``make_plan(relay_addresses=)``.
+
+    Resolved once, before the capture is applied. A name that does not resolve is a TunError: without
+    its address the plan could not keep the relay's own traffic (from other processes) out of the TUN.
+    """
+    loop = asyncio.get_running_loop()
+    found: list[IPAddress] = []
+    for host in hosts:
+        literal = host.ip
+        if literal is not None:
+            candidates: list[IPAddress] = [literal]
+        else:
+            try:
+                infos = await loop.getaddrinfo(host.host, host.port, type=socket.SOCK_STREAM)
+            except (OSError, UnicodeError) as exc:  # UnicodeError: a name IDNA cannot encode
+                raise TunError(f"routing: cannot resolve relay node {host}: {exc}") from exc
+            # Scoped IPv6 literals ("fe80::1%eth0") lose their scope: routes are per destination.
+            candidates = [ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
+        for ip in candidates:
+            if ip not in found:
+                found.append(ip)
+    return tuple(found)
 
 
 def _describe(exc: BaseException) -> str:

@@ -41,8 +41,10 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
 from typing import Literal
 
+from tungo_sidecar.config.model import ChainConfig
 from tungo_sidecar.config.tun import TunSettings
 from tungo_sidecar.errors import ConfigError
+from tungo_sidecar.proto.address import Address
 
 IPAddress = IPv4Address | IPv6Address
 IPNetwork = IPv4Network | IPv6Network
@@ -166,7 +168,8 @@ def make_plan(
 ) -> Plan:
     """The plan capturing ``settings.routes`` into the TUN ``settings.name``, excluding what must not be.
 
-    ``excluded``: CIDRs that always bypass the TUN (cluster ranges, node-local DNS). ``relay_addresses``:
+    ``excluded``: CIDRs that always bypass the TUN (cluster ranges, node-local DNS), added to the
+    listener's own ``exclude`` (``settings.excluded``). ``relay_addresses``:
     the resolved addresses of the chain's first hop, which bypass it too. Both only matter for the
     families that have captured routes. ConfigError on a bad mark, table or CIDR.
     """
@@ -174,7 +177,7 @@ def make_plan(
         raise ConfigError(f"routing: fwmark {fwmark:#x}: must be a non-zero 32-bit value")
     if not 0 < table <= 0xFFFFFFFF or table in _RESERVED_TABLES:
         raise ConfigError(f"routing: table {table}: reserved or out of range (not 0, 253, 254, 255)")
-    exclusions = _exclusions(excluded, relay_addresses)
+    exclusions = _exclusions((*settings.excluded, *excluded), relay_addresses)
     families: list[Family] = []
     for route in settings.routes:
         family: Family = 4 if route.dst.version == 4 else 6
@@ -193,6 +196,22 @@ def make_plan(
         rules.append(AddRule(family, RULE_PRIORITY_MAIN, _MAIN_TABLE, suppress_prefixlength=0))
         rules.append(AddRule(family, RULE_PRIORITY_CAPTURE, table, fwmark=fwmark, invert=True))
     return Plan((*fail_closed, *throws, *captures, *rules), fwmark=fwmark, table=table)
+
+
+def relay_hosts(chain: ChainConfig | None) -> tuple[Address, ...]:
+    """The addresses of every node of the chain's first hop: whichever the selector picks, tungo's
+    first connection goes there, so each must bypass the TUN (for unmarked traffic too)."""
+    if chain is None or not chain.hops:
+        return ()
+    hosts: list[Address] = []
+    for node in chain.hops[0].nodes:
+        try:
+            addr = Address.parse(node.addr)
+        except ValueError as exc:
+            raise ConfigError(f"routing: node {node.name!r} addr {node.addr!r}: {exc}") from None
+        if addr not in hosts:
+            hosts.append(addr)
+    return tuple(hosts)
 
 
 def _exclusions(excluded: Iterable[IPNetwork | str], relay_addresses: Iterable[IPAddress]) -> list[IPNetwork]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tungo_sidecar.config.model import (
     Auth,
@@ -20,7 +22,7 @@ from tungo_sidecar.config.model import (
     TLSOptions,
 )
 from tungo_sidecar.config.url import build_config, parse_url, redact
-from tungo_sidecar.config.yaml_io import dump
+from tungo_sidecar.config.yaml_io import dump, load
 from tungo_sidecar.errors import ConfigError
 
 
@@ -443,3 +445,38 @@ def test_parse_url_parts() -> None:
     assert url.query == (("x", "1"), ("y", ""), ("z", ""), ("x", "2"))
     assert parse_url(":8080").scheme == "auto"
     assert parse_url("https://h:1").scheme == "http+tls"
+
+
+# -- fuzz: any text is either a config or one ConfigError line ------------------------------------------
+
+URL_ALPHABET = "relaysockhtpwun5+:/?&=@[]%.,~-_0123456789 \t#"
+
+
+@settings(max_examples=400, deadline=None)
+@given(text=st.text(alphabet=URL_ALPHABET, max_size=60), as_node=st.booleans())
+def test_fuzz_any_text_is_a_config_or_one_config_error(text: str, as_node: bool) -> None:
+    try:
+        config = build_config([] if as_node else [text], [text] if as_node else [])
+    except ConfigError as exc:
+        assert "\n" not in str(exc)
+    else:
+        assert load(dump(config)) == config
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    scheme=st.sampled_from(["relay+wss", "relay+tls", "socks5", "http", "relay+ws", "socks+tcp"]),
+    user=st.text(max_size=8),
+    password=st.text(max_size=8),
+    value=st.text(max_size=12),
+)
+def test_fuzz_quoted_credentials_and_values_survive(
+    scheme: str, user: str, password: str, value: str
+) -> None:
+    from urllib.parse import quote as q
+
+    text = f"{scheme}://{q(user, safe='')}:{q(password, safe='')}@h.example:443?custom={q(value, safe='')}"
+    _, node = only_node(build_config([], [text]))
+    assert node.connector.auth == Auth(user, password)
+    assert node.dialer.metadata["custom"] == value
+    assert load(dump(build_config([], [text]))) == build_config([], [text])

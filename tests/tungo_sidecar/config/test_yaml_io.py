@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tungo_sidecar.config.model import Auth, BypassConfig, Config, Metadata, Plugin, Selector, TLSOptions
 from tungo_sidecar.config.url import build_config
-from tungo_sidecar.config.yaml_io import dump, go_duration, load, merge, to_data
+from tungo_sidecar.config.yaml_io import dump, from_data, go_duration, load, merge, to_data
 from tungo_sidecar.errors import ConfigError
 
 # GOST's TUN2SOCKS tutorial file (hand-written style: sequences not indented, comments, postUp list).
@@ -340,6 +342,15 @@ def test_metadata_keys_print_in_yaml_v3_order() -> None:
     assert json_keys == ["B2", "a", "b", "item10", "item9", "soa", "x.y", "xY"]  # encoding/json: bytes
 
 
+def test_metadata_values_become_plain_json_values() -> None:
+    config = load(
+        "services: [{name: s, addr: ':1', handler: {type: socks5,"
+        " metadata: {a: 2024-01-02, b: {1: x}, c: .inf}}}]"
+    )
+    assert config.services[0].handler.metadata == {"a": "2024-01-02", "b": {"1": "x"}, "c": "inf"}
+    assert load(dump(config, "json")) == config == load(dump(config))
+
+
 def test_metadata_with_nested_values_and_spelling_round_trips() -> None:
     config = load(
         """
@@ -373,3 +384,58 @@ def test_the_config_the_operator_renders_loads(name: str) -> None:
     assert config.services and config.chains
     assert config.services[0].handler.type == "tungo"
     assert load(dump(config)) == config
+
+
+# -- fuzz: any YAML data is either a config or one ConfigError line -------------------------------------
+
+_KEYS = st.sampled_from(
+    [
+        "services",
+        "chains",
+        "bypasses",
+        "name",
+        "addr",
+        "handler",
+        "listener",
+        "type",
+        "chain",
+        "hops",
+        "nodes",
+        "connector",
+        "dialer",
+        "tls",
+        "auth",
+        "metadata",
+        "selector",
+        "bypass",
+        "matchers",
+        "secure",
+        "x",
+    ]
+)
+_SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 70000),
+    st.sampled_from(["relay", "wss", "h:1", ":0", "tungo", "c"]),
+)
+_DATA = st.recursive(
+    _SCALARS,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3),
+        st.dictionaries(_KEYS, inner, max_size=4),
+        st.dictionaries(st.integers(0, 3), inner, max_size=2),
+    ),
+    max_leaves=25,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(data=_DATA)
+def test_fuzz_any_data_is_a_config_or_one_config_error(data: object) -> None:
+    try:
+        config = from_data(data)
+    except ConfigError as exc:
+        assert "\n" not in str(exc)
+    else:
+        assert load(dump(config)) == config

@@ -118,7 +118,7 @@ class _Obj:
         if value is None:
             return {}
         sub = _Obj(value, self.at(key))
-        return {written: item for written, item in sub.items.values()}
+        return {written: _metadata_value(item) for written, item in sub.items.values()}
 
     def finish(self, unsupported: tuple[str, ...] = ()) -> None:
         """Refuse keys this object does not read: GOST features tungo lacks, then plain typos."""
@@ -128,6 +128,24 @@ class _Obj:
             if lower in {u.lower() for u in unsupported}:
                 raise ConfigError(f"{self.at(written)}: not supported by tungo")
             raise ConfigError(f"{self.at(written)}: unknown key")
+
+
+def _metadata_value(value: Any) -> Any:
+    """Metadata values as JSON can carry them: nested keys as strings, dates and bytes as text.
+
+    (GOST reads metadata as free-form strings and numbers; this keeps ``load(dump(c)) == c``.)
+    """
+    if isinstance(value, Mapping):
+        return {str(k): _metadata_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_metadata_value(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no inf/nan
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
 
 
 def _show(value: object) -> str:
@@ -510,8 +528,6 @@ def _plain(value: Any, fmt: Format) -> Any:
         return _sorted_metadata(Metadata({str(k): v for k, v in value.items()}), fmt)
     if isinstance(value, list | tuple):
         return [_plain(v, fmt) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
     return value
 
 

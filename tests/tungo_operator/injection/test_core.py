@@ -357,3 +357,23 @@ def test_any_pod_gets_a_decision_whose_patch_applies_once(
     out = apply(pod, decision)
     assert out["spec"]["initContainers"][0]["name"] == "tungo"
     assert decide(out, namespace_info=shop, gateways=gws).reason == "already-injected"
+
+
+@pytest.mark.parametrize("name", ["plain.yaml", "from-deployment.yaml"])
+def test_own_apply_agrees_with_the_jsonpatch_library(name: str) -> None:
+    from tungo_operator.injection import jsonpatch as ours
+
+    pod = load(name)
+    decision = decide(pod, namespace_info=SHOP_OPTED_IN)
+    mine = copy.deepcopy(pod)
+    ours.apply(mine, decision.patch)
+    assert mine == apply(pod, decision)
+
+
+def test_own_apply_rejects_paths_that_do_not_fit() -> None:
+    from tungo_operator.injection import jsonpatch as ours
+
+    with pytest.raises(ValueError, match="out of range"):
+        ours.apply({"a": []}, (ours.PatchOp("add", "/a/3", 1),))
+    with pytest.raises(ValueError, match="neither"):
+        ours.apply({"a": "x"}, (ours.PatchOp("add", "/a/b", 1),))

@@ -1,0 +1,320 @@
+"""The injection webhook end to end: kopf's real WebhookServer over real HTTPS, real AdmissionReview v1.
+
+The webhook process runs as in the cluster: ``kopf.operator`` with the webhook registry, its indexes fed
+by list+watch from a kmock Kubernetes emulator (namespaces, TunGateways), serving ``on.mutate`` with a
+certificate the test makes. Responses' JSON Patches are applied with the ``jsonpatch`` library to the
+pod that was sent, as the apiserver would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import socket
+import ssl
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jsonpatch
+import kmock
+import kopf
+import pytest
+import yaml
+from kmock._internal import parsing
+
+from tungo_operator.injection import sidecar
+from tungo_operator.model import conventions as c
+from tungo_operator.webhook import app, certs, handlers
+from tungo_operator.webhook.server import TungoWebhookServer
+
+PODS = Path(__file__).resolve().parents[1] / "tungo_operator" / "injection" / "pods"
+GATEWAYS = f"/apis/{c.GROUP}/{c.VERSION}/namespaces/{{ns}}/{c.PLURAL_GATEWAY}"
+IMAGE = "ghcr.io/kube-tungo/kube-tungo:0.1.0"
+
+
+def _parse_path_with_namespaces(path: str) -> Any:
+    # kmock 0.8 reads /api/v1/namespaces[/<name>] as a namespaced path with no resource, so the
+    # Namespace kind itself cannot be listed or watched. Route exactly those two paths right.
+    parts = path.strip("/").split("/")
+    if parts[:3] == ["api", "v1", "namespaces"] and len(parts) <= 4:
+        return parsing.ParsedPath("", "v1", "namespaces", None, parts[3] if len(parts) == 4 else None, None)
+    return _original_parse_path(path)
+
+
+_original_parse_path = parsing.parse_path
+
+
+def free_port() -> int:
+    with contextlib.closing(socket.socket()) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Webhook:
+    url: str
+    ssl: ssl.SSLContext
+    session: aiohttp.ClientSession
+    api: Any  # the kmock emulator
+
+    async def post(self, data: bytes, content_type: str = "application/json") -> tuple[int, str]:
+        headers = {"Content-Type": content_type}
+        async with self.session.post(self.url, data=data, ssl=self.ssl, headers=headers) as resp:
+            return resp.status, await resp.text()
+
+    async def review(
+        self,
+        pod: dict[str, Any],
+        *,
+        namespace: str = "shop",
+        operation: str = "CREATE",
+        uid: str = "u-1",
+        dry_run: bool = False,
+    ) -> dict[str, Any]:
+        body = {
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": uid,
+                "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
+                "requestResource": {"group": "", "version": "v1", "resource": "pods"},
+                "name": pod["metadata"].get("name", ""),
+                "namespace": namespace,
+                "operation": operation,
+                "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
+                "object": pod,
+                "oldObject": None,
+                "dryRun": dry_run,
+                "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"},
+            },
+        }
+        status, text = await self.post(json.dumps(body).encode())
+        assert status == 200, text
+        review = json.loads(text)
+        assert review["apiVersion"] == "admission.k8s.io/v1" and review["kind"] == "AdmissionReview"
+        assert review["response"]["uid"] == uid
+        response: dict[str, Any] = review["response"]
+        return response
+
+    async def create(self, path: str, obj: dict[str, Any]) -> None:
+        async with self.api.post(path, json=obj) as resp:
+            assert resp.status == 200, await resp.text()
+
+
+def namespace(name: str, **labels: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}
+
+
+def gateway(name: str, ns: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": c.API_VERSION,
+        "kind": c.KIND_GATEWAY,
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"chainRef": {"name": "corp"}, **spec},
+    }
+
+
+def load(name: str) -> dict[str, Any]:
+    return dict(yaml.safe_load((PODS / name).read_text()))
+
+
+def patched(pod: dict[str, Any], response: dict[str, Any]) -> dict[str, Any]:
+    assert response["allowed"] is True, response
+    assert response["patchType"] == "JSONPatch"
+    ops = json.loads(base64.b64decode(response["patch"]))
+    result: dict[str, Any] = jsonpatch.apply_patch(pod, ops)
+    return result
+
+
+@pytest.fixture
+async def webhook(kmock: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Webhook]:
+    monkeypatch.setattr(parsing, "parse_path", _parse_path_with_namespaces)
+    kmock.resources["v1/namespaces"] = kmock_info(False, "Namespace")
+    kmock.resources["v1/pods"] = kmock_info(True, "Pod")
+    kmock.resources[f"{c.GROUP}/{c.VERSION}/{c.PLURAL_GATEWAY}"] = kmock_info(True, c.KIND_GATEWAY)
+    hook = Webhook(url="", ssl=ssl.create_default_context(), session=aiohttp.ClientSession(), api=kmock)
+    await hook.create("/api/v1/namespaces", namespace("shop"))
+    await hook.create("/api/v1/namespaces", namespace("team", **{c.INJECT_LABEL: "enabled"}))
+    locked = namespace("locked", **{"pod-security.kubernetes.io/enforce": "baseline"})
+    await hook.create("/api/v1/namespaces", locked)
+    await hook.create("/api/v1/namespaces", namespace("late"))
+    await hook.create(GATEWAYS.format(ns="shop"), gateway("edge", "shop"))
+    await hook.create(GATEWAYS.format(ns="team"), gateway("team-gw", "team"))
+    await hook.create(GATEWAYS.format(ns="locked"), gateway("edge", "locked"))
+
+    ca, crt, key = certs.write(certs.generate(["127.0.0.1"]), tmp_path / "tls")
+    port = free_port()
+    server = TungoWebhookServer(addr="127.0.0.1", port=port, certfile=crt, pkeyfile=key)
+    api_url = str(kmock.url).rstrip("/")
+
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        return kopf.ConnectionInfo(server=api_url)
+
+    # kopf cancels every task created after it started when it stops, so it gets its own loop in a
+    # thread (as kopf.testing.KopfRunner does); kmock and the HTTPS client stay in the test's loop.
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(
+                kopf.operator(
+                    registry=handlers.make_registry(login=login),
+                    settings=app.operator_settings(server),
+                    memo=handlers.sidecar_memo(sidecar.SidecarSettings(image=IMAGE)),
+                    standalone=True,
+                    clusterwide=True,
+                    stop_flag=stop,
+                )
+            )
+        except BaseException as exc:  # reported by the fixture's teardown
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, name="kopf-webhook", daemon=True)
+    thread.start()
+    hook.url = f"https://127.0.0.1:{port}/{handlers.HANDLER_ID}"
+    hook.ssl = ssl.create_default_context(cafile=str(ca))  # verifies the chain and the IP SAN
+    try:
+        await _wait_ready(hook)
+        yield hook
+    finally:
+        stop.set()
+        await asyncio.to_thread(thread.join, 15)
+        await hook.session.close()
+    assert not thread.is_alive(), "the kopf webhook did not stop within 15 s"
+    assert not errors, errors
+
+
+def kmock_info(namespaced: bool, kind: str) -> Any:
+    return kmock.ResourceInfo(namespaced=namespaced, kind=kind, verbs={"get", "list", "watch"})
+
+
+async def _wait_ready(hook: Webhook) -> None:
+    """Until the server listens and both indexes have been listed (bounded: 10 s)."""
+    probe = load("plain.yaml")
+    for _ in range(100):
+        try:
+            response = await hook.review(probe, uid="probe")
+        except aiohttp.ClientConnectorError:
+            response = {}
+        if response.get("allowed"):
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"webhook never became ready; last response: {response}")
+
+
+async def test_plain_pod_is_patched_with_the_sidecar_over_https(webhook: Webhook) -> None:
+    pod = load("plain.yaml")
+    out = patched(pod, await webhook.review(pod))
+    (tungo,) = out["spec"]["initContainers"]
+    assert tungo["name"] == "tungo" and tungo["image"] == IMAGE and tungo["restartPolicy"] == "Always"
+    assert tungo["command"] == list(c.SIDECAR_COMMAND)
+    assert tungo["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN"]}
+    assert {v["name"] for v in out["spec"]["volumes"]} == {
+        "kube-api-access-7x2kq",
+        "tungo-config",
+        "tungo-tun",
+    }
+    assert out["metadata"]["annotations"] == {c.STATUS_ANNOTATION: "injected", c.GATEWAY_ANNOTATION: "edge"}
+    assert out["spec"]["containers"] == pod["spec"]["containers"]
+
+
+async def test_deployment_pod_with_generate_name_in_an_opted_in_namespace(webhook: Webhook) -> None:
+    pod = load("from-deployment.yaml")
+    del pod["metadata"]["namespace"]  # the namespace comes from request.namespace only
+    response = await webhook.review(pod, namespace="team")
+    out = patched(pod, response)
+    assert [i["name"] for i in out["spec"]["initContainers"]] == ["tungo", "migrate"]
+    assert out["metadata"]["annotations"][c.GATEWAY_ANNOTATION] == "team-gw"
+    assert "namespace" not in out["metadata"], "the webhook must not add fields it was not asked to"
+    # Sent again, as the second webhook entry (namespace + pod selectors) would: nothing more to add.
+    again = await webhook.review(out, namespace="team", uid="u-2")
+    assert again["allowed"] is True and "patch" not in again
+
+
+async def test_host_network_pod_is_allowed_unchanged_with_a_warning(webhook: Webhook) -> None:
+    response = await webhook.review(load("host-network.yaml"))
+    assert response["allowed"] is True and "patch" not in response
+    assert any("hostNetwork" in w for w in response["warnings"])
+
+
+async def test_missing_gateway_is_denied_with_what_to_do(webhook: Webhook) -> None:
+    pod = load("plain.yaml")
+    pod["metadata"]["annotations"] = {c.GATEWAY_ANNOTATION: "nope"}
+    response = await webhook.review(pod)
+    assert response["allowed"] is False and "patch" not in response
+    assert response["status"]["code"] == 403
+    assert "'nope'" in response["status"]["message"] and "visible: shop/edge" in response["status"]["message"]
+
+
+async def test_baseline_namespace_is_denied_with_the_label_to_set(webhook: Webhook) -> None:
+    response = await webhook.review(load("plain.yaml"), namespace="locked")
+    assert response["allowed"] is False and response["status"]["code"] == 403
+    message = response["status"]["message"]
+    assert "Pod Security level 'baseline'" in message
+    assert "kubectl label namespace locked pod-security.kubernetes.io/enforce=privileged" in message
+
+
+async def test_a_gateway_created_later_is_seen_through_the_watch(webhook: Webhook) -> None:
+    pod = load("plain.yaml")
+    first = await webhook.review(pod, namespace="late")
+    assert first["allowed"] is False and "no TunGateway selects" in first["status"]["message"]
+    await webhook.create(GATEWAYS.format(ns="late"), gateway("fresh", "late"))
+    for _ in range(50):  # the ADDED event reaches the index within milliseconds; bounded at 5 s
+        response = await webhook.review(pod, namespace="late")
+        if response["allowed"]:
+            break
+        await asyncio.sleep(0.1)
+    assert patched(pod, response)["metadata"]["annotations"][c.GATEWAY_ANNOTATION] == "fresh"
+
+
+async def test_update_and_dry_run_reviews(webhook: Webhook) -> None:
+    pod = load("plain.yaml")
+    update = await webhook.review(pod, operation="UPDATE")
+    assert update["allowed"] is True and "patch" not in update
+    # A dry run gets exactly the patch a real creation would (the webhook has no side effects).
+    dry, real = await webhook.review(pod, dry_run=True), await webhook.review(pod)
+    assert dry["patch"] == real["patch"] and patched(pod, dry)["spec"]["initContainers"][0]["name"] == "tungo"
+
+
+async def test_malformed_pod_object_is_denied_with_a_clear_message(webhook: Webhook) -> None:
+    pod = load("plain.yaml")
+    pod["spec"]["initContainers"] = "not-a-list"
+    response = await webhook.review(pod)
+    assert response["allowed"] is False and response["status"]["code"] == 400
+    assert "malformed pod object" in response["status"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "expect"),
+    [
+        (b"{not json", "Expecting property name"),
+        (b"[]", "must be a JSON object, got list"),
+        (b'{"apiVersion": "admission.k8s.io/v1beta1", "kind": "AdmissionReview"}', "admissionReviewVersions"),
+        (b'{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"}', "request is missing"),
+        (
+            b'{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {"uid": "x"}}',
+            "resource must have",
+        ),
+    ],
+)
+async def test_malformed_bodies_get_400_and_the_server_keeps_serving(
+    webhook: Webhook, body: bytes, expect: str
+) -> None:
+    status, text = await webhook.post(body)
+    assert status == 400 and expect in text, text
+    assert (await webhook.review(load("plain.yaml")))["allowed"] is True
+
+
+async def test_oversized_body_gets_413_and_the_server_keeps_serving(webhook: Webhook) -> None:
+    status, _ = await webhook.post(b'{"pad": "' + b"x" * (2 * 1024 * 1024) + b'"}')
+    assert status == 413
+    assert (await webhook.review(load("plain.yaml")))["allowed"] is True

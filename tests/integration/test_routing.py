@@ -76,7 +76,7 @@ def test_apply_captures_and_bypasses_then_teardown_restores(pod: rn.Pod) -> None
         assert f"29801:\tnot from all fwmark {FWMARK:#x} lookup {TABLE}" in rules4
         assert f"not from all fwmark {FWMARK:#x} lookup {TABLE}" in rn.ip(pod.ns, "-6", "rule", "show")
         table4 = rn.ip(pod.ns, "-4", "route", "show", "table", str(TABLE))
-        assert "default dev tungo proto static metric 100" in table4
+        assert "default dev tungo proto static scope link metric 100" in table4
         assert "unreachable default proto static metric 65535" in table4
         assert "172.16.0.0/12 via 192.168.123.3 dev tungo proto static metric 100" in table4
         assert "throw 198.51.100.7 proto static metric 1" in table4
@@ -222,3 +222,31 @@ def test_sigkilled_tungo_fails_closed_and_restart_takes_over(pod: rn.Pod) -> Non
         teardown(again, ipr)
     assert rn.ip(pod.ns, "-4", "route", "show", "table", str(TABLE)) == ""
     assert f"lookup {TABLE}" not in rn.ip(pod.ns, "-4", "rule", "show")
+
+
+def run_rendered(ns: str, text: str) -> None:
+    for line in text.splitlines():
+        if line.startswith("ip "):
+            rn.ip(ns, *line.split()[1:])
+
+
+def test_rendered_plan_is_what_the_executor_does(pod: rn.Pod) -> None:
+    # The golden files show `ip` commands; run them with ip(8) in a twin namespace and compare the
+    # kernel state with the executor's, so the goldens cannot drift from what is really applied.
+    plan = dual_stack_plan()
+    setup, teardown_text = plan.render().split("# teardown\n")
+    with rn.pod_with_uplink() as twin:
+        for ns in (pod.ns, twin.ns):
+            rn.add_tun(ns, addrs=("192.168.123.1/24", "fd00:7::1/64"))
+        before = rn.snapshot(twin.ns)
+        run_rendered(twin.ns, setup)
+        with netlink(pod.ns) as ipr:
+            apply_plan(plan, ipr)
+
+        def normal(ns: str) -> str:
+            # ip(8) marks its routes "proto boot", the executor "proto static".
+            return rn.snapshot(ns).replace(" proto boot", "").replace(" proto static", "")
+
+        assert normal(twin.ns) == normal(pod.ns)
+        run_rendered(twin.ns, teardown_text)
+        assert rn.snapshot(twin.ns) == before

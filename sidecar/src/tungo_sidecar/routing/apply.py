@@ -45,6 +45,8 @@ _FIB_RULE_INVERT = 0x2
 _FULL_MASK = 0xFFFFFFFF
 # Routes we write carry "proto static" (RTPROT_STATIC), as `ip route` does for routes added by hand.
 _RTPROT_STATIC = 4
+_RT_SCOPE_LINK = 253
+_RT_SCOPE_NOWHERE = 255
 _GONE = (errno.ESRCH, errno.ENOENT)
 
 Outcome = Literal["added", "replaced", "already present"]
@@ -193,6 +195,9 @@ def _apply_route(ipr: Any, op: AddRoute, ifindex: dict[str, int]) -> Outcome:
     args["proto"] = _RTPROT_STATIC
     if op.dev is not None:
         args["oif"] = _lookup(ipr, op.dev, ifindex)
+        if op.gateway is None:
+            # As ip(8) does: a device route without a gateway reaches its destinations on-link.
+            args["scope"] = _RT_SCOPE_LINK
     try:
         # "add" (create + exclusive) first only to learn whether it existed; "replace" makes it ours.
         ipr.route("add", **args)
@@ -235,7 +240,8 @@ def _undo(ipr: Any, steps: list[Step]) -> list[str]:
         try:
             if isinstance(op, AddRoute):
                 # No oif: the device may be gone already; dst + table + metric + type name our route.
-                ipr.route("del", **_route_args(op))
+                # Scope "nowhere" is the kernel's wildcard for deletes, as ip(8) sends it.
+                ipr.route("del", scope=_RT_SCOPE_NOWHERE, **_route_args(op))
             else:
                 ipr.rule("del", **_rule_args(op))
         except NetlinkError as exc:

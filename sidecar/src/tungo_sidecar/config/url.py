@@ -77,6 +77,7 @@ _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*$")
 # objects; dropping them silently would change behaviour, so they are refused.
 _UNSUPPORTED_NODE_KEYS = ("resolver", "hosts")
 _UNSUPPORTED_SERVICE_KEYS = (
+    "retries",
     "resolver",
     "hosts",
     "admission",
@@ -194,6 +195,20 @@ def _get_int(options: Options, key: str) -> int:
         raise ConfigError(
             f"option {quote(found[0])}: expected an integer, got {quote(str(found[1]))}"
         ) from None
+
+
+_TRUE = frozenset({"1", "t", "true", "yes", "on"})  # Go's strconv.ParseBool, plus yes/on
+_FALSE = frozenset({"", "0", "f", "false", "no", "off"})
+
+
+def _get_bool(options: Options, *keys: str) -> bool:
+    found = _find(options, *keys)
+    if found is None:
+        return False
+    text = str(found[1]).strip().lower()
+    if text not in _TRUE | _FALSE:
+        raise ConfigError(f"option {quote(found[0])}: expected true or false, got {quote(str(found[1]))}")
+    return text in _TRUE
 
 
 def _delete(options: Options, *keys: str) -> None:
@@ -350,7 +365,7 @@ def _hop(text: str, index: int, bypasses: list[BypassConfig]) -> Hop:
     cert_file = _get_str(options, *_TLS_CERT_KEYS)
     key_file = _get_str(options, *_TLS_KEY_KEYS)
     ca_file = _get_str(options, *_TLS_CA_KEYS)
-    secure = Metadata({"secure": _get_str(options, *_TLS_SECURE_KEYS)}).get_bool("secure")
+    secure = _get_bool(options, *_TLS_SECURE_KEYS)
     server_name = _get_str(options, *_TLS_SERVER_NAME_KEYS)
     _delete(
         options, *_TLS_CERT_KEYS, *_TLS_KEY_KEYS, *_TLS_CA_KEYS, *_TLS_SECURE_KEYS, *_TLS_SERVER_NAME_KEYS

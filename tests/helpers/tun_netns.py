@@ -10,15 +10,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ctypes
 import itertools
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -190,3 +193,60 @@ def stop_tun_pod(tun_pod: TunPod, namespaces: NetnsSet) -> str:
             if stream:
                 stream.close()
         namespaces.close()
+
+
+# --- async socket helpers (run in the test's event loop) ---------------------------------------------
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+@contextlib.asynccontextmanager
+async def serve(tun_pod: TunPod, handler: Handler, host: str = "") -> AsyncIterator[int]:
+    """A TCP server inside the target namespace; yields its port."""
+    family = _family(host) if host else socket.AF_INET6
+
+    def make() -> socket.socket:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
+        sock.listen(512)
+        sock.setblocking(False)
+        return sock
+
+    sock = in_netns(tun_pod.target, make)
+    server = await asyncio.start_server(handler, sock=sock, limit=256 * 1024)
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        server.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(server.wait_closed(), 5)
+
+
+async def connect(tun_pod: TunPod, host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Connect from the pod namespace (the app's view: its traffic to ``host`` goes into the TUN)."""
+
+    def make() -> socket.socket:
+        sock = socket.socket(_family(host), socket.SOCK_STREAM)
+        sock.setblocking(False)
+        return sock
+
+    sock = in_netns(tun_pod.pod, make)
+    try:
+        await asyncio.get_running_loop().sock_connect(sock, (host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return await asyncio.open_connection(sock=sock, limit=256 * 1024)
+
+
+async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    while chunk := await reader.read(1 << 16):
+        writer.write(chunk)
+        await writer.drain()
+    writer.close()

@@ -7,68 +7,19 @@ The app side and the target side are sockets this test process opens inside the 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import random
 import socket
 import struct
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
-from tun_netns import TunPod, in_netns
+from tun_netns import TunPod, connect, echo, in_netns, serve
 
 pytestmark = pytest.mark.netns
 
 SIZE = 32 * 1024 * 1024
 DATA = random.Random(7).randbytes(SIZE)
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
-def _family(host: str) -> socket.AddressFamily:
-    return socket.AF_INET6 if ":" in host else socket.AF_INET
-
-
-@contextlib.asynccontextmanager
-async def serve(tun_pod: TunPod, handler: Handler, host: str = "") -> AsyncIterator[int]:
-    """A TCP server inside the target namespace; yields its port."""
-    family = _family(host) if host else socket.AF_INET6
-
-    def make() -> socket.socket:
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
-        sock.listen(512)
-        sock.setblocking(False)
-        return sock
-
-    sock = in_netns(tun_pod.target, make)
-    server = await asyncio.start_server(handler, sock=sock, limit=256 * 1024)
-    try:
-        yield sock.getsockname()[1]
-    finally:
-        server.close()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(server.wait_closed(), 5)
-
-
-async def connect(tun_pod: TunPod, host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """Connect from the pod namespace (the app's view: its traffic to ``host`` goes into the TUN)."""
-
-    def make() -> socket.socket:
-        sock = socket.socket(_family(host), socket.SOCK_STREAM)
-        sock.setblocking(False)
-        return sock
-
-    sock = in_netns(tun_pod.pod, make)
-    try:
-        await asyncio.get_running_loop().sock_connect(sock, (host, port))
-    except BaseException:
-        sock.close()
-        raise
-    return await asyncio.open_connection(sock=sock, limit=256 * 1024)
 
 
 async def _source(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -88,13 +39,6 @@ async def _sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
         total += len(chunk)
     writer.write(struct.pack("!Q", total) + digest.digest())  # after the client's half-close
     await writer.drain()
-    writer.close()
-
-
-async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    while chunk := await reader.read(1 << 16):
-        writer.write(chunk)
-        await writer.drain()
     writer.close()
 
 
@@ -131,9 +75,9 @@ async def test_upload_32mib_sha256_with_half_close(tun_pod: TunPod) -> None:
     print(f"upload {SIZE * 8 / elapsed / 1e6:.0f} Mbit/s")
 
 
-async def test_ipv6_echo(tun_pod: TunPod) -> None:
+async def test_ipv6echo(tun_pod: TunPod) -> None:
     payload = DATA[: 4 << 20]
-    async with serve(tun_pod, _echo, "::") as port:
+    async with serve(tun_pod, echo, "::") as port:
         reader, writer = await connect(tun_pod, tun_pod.target6, port)
         sender = asyncio.create_task(_send_all(writer, payload))
         got = await asyncio.wait_for(reader.readexactly(len(payload)), 15)
@@ -164,7 +108,7 @@ async def test_many_concurrent_flows(tun_pod: TunPod) -> None:
         assert got == payload
         return got
 
-    async with serve(tun_pod, _echo) as port:
+    async with serve(tun_pod, echo) as port:
         results = await asyncio.wait_for(asyncio.gather(*(one(i, port) for i in range(100))), 60)
     assert len(results) == 100
     after = tun_pod.fresh_stats()

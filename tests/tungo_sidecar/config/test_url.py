@@ -226,6 +226,8 @@ def test_node_tls_options_and_default_server_name() -> None:
     )
     assert node.dialer.tls == TLSOptions(secure=True, server_name="relay.example", ca_file="/ca.pem")
     assert node.dialer.metadata == {} and node.connector.metadata == {} and node.metadata == {}
+    hop, _ = only_node(build_config([], ["relay+tls://10.0.0.1:443?secure=true&serverName=relay.example"]))
+    assert hop.metadata == {"secure": "true", "serverName": "relay.example"}  # GOST's hop keeps a copy
     _, v6 = only_node(build_config([], ["relay+wss://[2001:db8::1]:443?tls.secure=1"]))
     assert v6.dialer.tls == TLSOptions(secure=True, server_name="2001:db8::1")
     assert v6.addr == "[2001:db8::1]:443"

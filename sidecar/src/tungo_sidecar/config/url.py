@@ -352,6 +352,8 @@ def _hop(text: str, index: int, bypasses: list[BypassConfig]) -> Hop:
             options["hop." + key] = number
             _delete(options, key)
 
+    # GOST builds the hop's metadata before the node takes its auth and TLS keys out, so the hop keeps
+    # a copy of those too; matched here so -O prints what gost -O prints.
     hop_options: Options = {}
     for key in list(options):
         if key.startswith(("node.", "connector.", "dialer.")):
@@ -374,7 +376,7 @@ def _hop(text: str, index: int, bypasses: list[BypassConfig]) -> Hop:
     node_options, connector_options, dialer_options = _split_prefixed(
         options, ("node", "connector", "dialer")
     )
-    _apply_path(url, dialer_type in DIALERS and DIALERS[dialer_type].websocket, dialer_options, "dialer")
+    _apply_path(url, DIALERS[dialer_type].websocket, dialer_options, "dialer")
 
     nodes = []
     for i, addr in enumerate(hosts):

@@ -204,6 +204,11 @@ async def serve_tcp(
             await on_stream(stream)
         except Exception as exc:
             log.info("connection from %s ended: %s", stream.peername, exc)
+        except asyncio.CancelledError:
+            # Server shutdown. asyncio 3.11's start_server callback calls task.exception() on a
+            # cancelled handler task and logs a bogus traceback; this is the task's outermost frame,
+            # so ending normally here is equivalent and quiet.
+            pass
         finally:
             await stream.close()
 

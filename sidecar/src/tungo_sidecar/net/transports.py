@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
 from tungo_sidecar.config.model import Plugin
 from tungo_sidecar.errors import ConfigError, DialError, ProtocolError
-from tungo_sidecar.net import tlsconf, tlsstream
+from tungo_sidecar.net import tlsconf, tlsstream, ws
 from tungo_sidecar.net.stream import SocketStream, Stream
 from tungo_sidecar.proto.address import Address
 
@@ -113,7 +114,7 @@ async def tls_server(stream: Stream, plugin: Plugin) -> Stream:
     """TLS server handshake over an accepted ``stream``; failures raise ``ProtocolError``."""
     context = tlsconf.server_context(plugin.tls)
     timeout = handshake_timeout(plugin)
-    peer = stream.peername if isinstance(stream, SocketStream) else None
+    peer = _peer(stream)
     try:
         if isinstance(stream, SocketStream):
             await start_tls_in_place(stream, context, None, timeout)
@@ -157,14 +158,93 @@ class TLSServer:
         return await tls_server(stream, plugin)
 
 
+def _ws_headers(plugin: Plugin) -> Mapping[str, object]:
+    """GOST's ``header`` metadata: extra HTTP headers for the upgrade request / response."""
+    value = plugin.metadata.get("header")
+    if value is None:
+        return {}
+    if isinstance(value, Mapping):
+        return value
+    raise ConfigError(f"metadata 'header': expected a mapping of header names to values, got {value!r}")
+
+
+def _ws_path(plugin: Plugin) -> str:
+    return plugin.metadata.get_str("path") or ws.DEFAULT_PATH
+
+
+def _peer(stream: Stream) -> tuple[str, int] | None:
+    return stream.peername if isinstance(stream, SocketStream) else None
+
+
+class WSClient:
+    """``ws``: websocket upgrade on ``path`` (default /ws), Host = metadata ``host`` or the node."""
+
+    info = TransportInfo("ws", tls=False, websocket=True, half_close=False)
+    secure = False
+
+    async def handshake(self, stream: Stream, plugin: Plugin, addr: Address) -> Stream:
+        if self.secure:
+            stream = await tls_client(stream, plugin, addr)
+        host = plugin.metadata.get_str("host") or str(addr)
+        path = _ws_path(plugin)
+        timeout = handshake_timeout(plugin)
+        try:
+            async with asyncio.timeout(timeout):
+                return await ws.client_handshake(
+                    stream, host=host, path=path, headers=_ws_headers(plugin), secure=self.secure
+                )
+        except TimeoutError as exc:
+            raise DialError(f"ws {addr}: handshake timed out after {timeout:g}s") from exc
+        except (OSError, ProtocolError) as exc:
+            raise DialError(f"ws {addr}: handshake failed: {exc}") from exc
+
+
+class WSSClient(WSClient):
+    """``wss``: TLS (GOST's client rules) then the websocket upgrade."""
+
+    info = TransportInfo("wss", tls=True, websocket=True, half_close=False)
+    secure = True
+
+
+class WSServer:
+    """``ws`` listener side: serves only ``path`` (404 otherwise), adds metadata ``header``."""
+
+    info = WSClient.info
+    secure = False
+
+    async def accept(self, stream: Stream, plugin: Plugin) -> Stream:
+        if self.secure:
+            stream = await tls_server(stream, plugin)
+        peer = _peer(stream)
+        timeout = handshake_timeout(plugin)
+        try:
+            async with asyncio.timeout(timeout):
+                return await ws.server_handshake(
+                    stream, path=_ws_path(plugin), headers=_ws_headers(plugin), peer=peer
+                )
+        except TimeoutError as exc:
+            raise ProtocolError(f"ws from {peer}: handshake timed out after {timeout:g}s") from exc
+        except OSError as exc:
+            raise ProtocolError(f"ws from {peer}: handshake failed: {exc}") from exc
+
+
+class WSSServer(WSServer):
+    info = WSSClient.info
+    secure = True
+
+
 CLIENT_TRANSPORTS: dict[str, ClientTransport] = {
     "tcp": TCPClient(),
     "tls": TLSClient(),
+    "ws": WSClient(),
+    "wss": WSSClient(),
 }
 
 SERVER_TRANSPORTS: dict[str, ServerTransport] = {
     "tcp": TCPServer(),
     "tls": TLSServer(),
+    "ws": WSServer(),
+    "wss": WSSServer(),
 }
 
 

@@ -1,0 +1,301 @@
+"""Websocket transport (GOST's ``ws`` / ``wss``) over an already established ``Stream``.
+
+RFC 6455 framing, masking and the opening handshake come from the ``websockets`` library's sans-I/O
+protocol objects (``ClientProtocol`` / ``ServerProtocol``); this module only pumps bytes between them
+and the inner stream, so it works on any hop of a chain (a socket, a TLS session, a relay tunnel).
+Masking runs in websockets' C speedups (``websockets.speedups.apply_mask``).
+
+Byte-stream semantics, as GOST's ``ws_util.Conn``: each ``write`` is sent as binary message(s),
+``read`` returns the payloads of binary and text messages back to back; message boundaries mean
+nothing. Pings are answered by the protocol object.
+
+Half-close: a websocket has none. A close frame ends *both* directions (websockets echoes it and
+stops sending; GOST's gorilla peer ends its relay on it), so ``write_eof`` sends nothing and keeps
+the receiving direction open; ``close`` sends the close frame and closes the inner stream. GOST
+peers usually end a session by closing the TCP/TLS connection without a close frame: EOF at a frame
+boundary therefore reads as a clean EOF, EOF inside a frame as ``ProtocolError``.
+
+Handshake (go-gost/x dialer/ws and listener/ws): client ``GET <path>`` (metadata ``path``, default
+``/ws``) with ``Host`` = metadata ``host`` or the node address ``host:port``, extra headers from
+metadata ``header``; the server serves only its ``path`` (404 otherwise, as Go's ServeMux) and adds
+its metadata ``header`` to the 101 response.
+
+Callers: ``net.transports``. Never interprets the payload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Mapping
+
+from websockets.client import ClientProtocol
+from websockets.exceptions import InvalidHandshake, InvalidStatus
+from websockets.frames import CLOSE, CONT, Frame, Opcode
+from websockets.http11 import Request, Response
+from websockets.protocol import OPEN, Protocol
+from websockets.server import ServerProtocol
+from websockets.uri import parse_uri
+
+from tungo_sidecar.errors import ConfigError, DialError, ProtocolError
+from tungo_sidecar.net.stream import CHUNK, Stream
+
+log = logging.getLogger(__name__)
+
+#: GOST's default websocket path (dialer and listener).
+DEFAULT_PATH = "/ws"
+
+#: Largest message we accept. GOST (gorilla) writes one message per Write call, which its relay
+#: makes with buffers far below this; 4 MiB bounds what one peer can make us buffer.
+MAX_MESSAGE = 4 * 1024 * 1024
+
+#: Largest message we send: writes above it are split. 1 MiB fits websockets' default max_size,
+#: so any websockets-based peer accepts our frames, while staying far above the 64 KiB floor that
+#: keeps per-frame Python overhead negligible.
+MAX_SEND = 1024 * 1024
+
+#: Headers the websocket handshake owns; configuring them would break the upgrade.
+_RESERVED = frozenset(
+    {
+        "upgrade",
+        "connection",
+        "sec-websocket-key",
+        "sec-websocket-version",
+        "sec-websocket-accept",
+        "sec-websocket-extensions",
+    }
+)
+
+_DATA = (Opcode.TEXT, Opcode.BINARY, CONT)
+
+
+class WebSocketStream:
+    """A ``Stream`` carried as websocket binary messages over an inner ``Stream``."""
+
+    __slots__ = ("_chunks", "_closed", "_eof", "_inner", "_protocol", "_send_lock")
+
+    def __init__(self, inner: Stream, protocol: Protocol, pending: list[bytes] | None = None) -> None:
+        self._inner = inner
+        self._protocol = protocol
+        self._chunks: deque[bytes] = deque(pending or ())
+        self._eof = False
+        self._closed = False
+        self._send_lock = asyncio.Lock()
+
+    @property
+    def protocol(self) -> Protocol:
+        """The websockets protocol object (state, close code), for diagnostics."""
+        return self._protocol
+
+    async def read(self, max_bytes: int = CHUNK) -> bytes:
+        chunks = self._chunks
+        while not chunks:
+            if self._eof:
+                return b""
+            await self._receive()
+        chunk = chunks[0]
+        if len(chunk) <= max_bytes:
+            chunks.popleft()
+            return chunk
+        chunks[0] = chunk[max_bytes:]
+        return chunk[:max_bytes]
+
+    async def _receive(self) -> None:
+        """Read from the inner stream once and turn what arrived into payload chunks."""
+        protocol = self._protocol
+        data = await self._inner.read(CHUNK)
+        if data:
+            protocol.receive_data(data)
+        else:
+            # A GOST peer closes without a close frame: fine between frames, data loss inside one.
+            truncated = bool(protocol.reader.buffer) or protocol.current_size is not None
+            protocol.receive_eof()
+            self._eof = True
+            if truncated and protocol.close_rcvd is None:
+                raise ProtocolError("websocket: connection closed in the middle of a frame")
+        for event in protocol.events_received():
+            if isinstance(event, Frame):
+                if event.opcode in _DATA:
+                    if event.data:
+                        payload = event.data
+                        self._chunks.append(payload if type(payload) is bytes else bytes(payload))
+                elif event.opcode is CLOSE:
+                    self._eof = True
+        await self._flush()  # pongs, the echoed close frame
+        exc = protocol.parser_exc
+        if exc is not None and not isinstance(exc, EOFError):
+            self._eof = True
+            raise ProtocolError(f"websocket: {exc}") from exc
+
+    async def _flush(self) -> None:
+        # Under the lock so frames from read() (pongs) and write() never interleave on the wire.
+        async with self._send_lock:
+            outgoing = self._protocol.data_to_send()
+            # b"" is websockets' "half-close TCP now"; we close the inner stream in close() instead.
+            outgoing = [chunk for chunk in outgoing if chunk]
+            if not outgoing:
+                return
+            await self._inner.write(outgoing[0] if len(outgoing) == 1 else b"".join(outgoing))
+
+    async def write(self, data: bytes) -> None:
+        protocol = self._protocol
+        if self._closed or protocol.state is not OPEN:
+            raise ConnectionResetError("websocket is closed")
+        size = len(data)
+        if size <= MAX_SEND:
+            protocol.send_binary(data)
+        else:
+            view = memoryview(data)
+            for start in range(0, size, MAX_SEND):
+                protocol.send_binary(view[start : start + MAX_SEND])
+        await self._flush()
+
+    async def write_eof(self) -> None:
+        """No-op: a close frame would end both directions (see the module docstring)."""
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._protocol.state is OPEN:
+                self._protocol.send_close(1000)
+                async with asyncio.timeout(1.0):
+                    await self._flush()
+        except (OSError, TimeoutError, ProtocolError, DialError):
+            pass  # the peer is gone already; closing the inner stream is all that is left
+        finally:
+            await self._inner.close()
+
+
+def _header_items(headers: Mapping[str, object] | None, what: str) -> list[tuple[str, str]]:
+    items: list[tuple[str, str]] = []
+    for key, value in (headers or {}).items():
+        if str(key).lower() in _RESERVED:
+            raise ConfigError(f"{what} header {key!r} is set by the websocket handshake itself")
+        items.append((str(key), str(value)))
+    return items
+
+
+def _frames_to_chunks(events: list[object], chunks: list[bytes]) -> bool:
+    """Collect data frames that arrived with the handshake; True if a close frame was among them."""
+    closed = False
+    for event in events:
+        if isinstance(event, Frame):
+            if event.opcode in _DATA and event.data:
+                chunks.append(bytes(event.data))
+            elif event.opcode is CLOSE:
+                closed = True
+    return closed
+
+
+async def client_handshake(
+    inner: Stream,
+    *,
+    host: str,
+    path: str = DEFAULT_PATH,
+    headers: Mapping[str, object] | None = None,
+    secure: bool = False,
+    max_message: int = MAX_MESSAGE,
+) -> WebSocketStream:
+    """Open a websocket over ``inner``. Bound it with ``asyncio.timeout``; failures raise DialError."""
+    if not path.startswith("/"):
+        path = "/" + path
+    try:
+        uri = parse_uri(("wss" if secure else "ws") + "://tungo.invalid" + path)
+    except Exception as exc:
+        raise ConfigError(f"ws path {path!r}: {exc}") from exc
+    protocol = ClientProtocol(uri, max_size=max_message, logger=log)
+    request: Request = protocol.connect()
+    del request.headers["Host"]
+    request.headers["Host"] = host
+    for key, value in _header_items(headers, "ws"):
+        if key.lower() == "host":
+            del request.headers["Host"]
+        request.headers[key] = value
+    protocol.send_request(request)
+    stream = WebSocketStream(inner, protocol)
+    await stream._flush()
+
+    chunks: list[bytes] = []
+    while True:
+        data = await inner.read(CHUNK)
+        if data:
+            protocol.receive_data(data)
+        else:
+            protocol.receive_eof()
+        events = protocol.events_received()
+        response = next((e for e in events if isinstance(e, Response)), None)
+        if response is not None or protocol.handshake_exc is not None:
+            break
+        if not data:
+            raise DialError(f"ws {host}{path}: connection closed before the handshake response")
+    failure = protocol.handshake_exc
+    if failure is not None or response is None:
+        if isinstance(failure, InvalidStatus):
+            status = failure.response.status_code
+            raise DialError(
+                f"ws {host}{path}: server answered HTTP {status}, not a websocket upgrade"
+            ) from failure
+        raise DialError(f"ws {host}{path}: bad handshake response: {failure}") from failure
+    closed = _frames_to_chunks(list(events[events.index(response) + 1 :]), chunks)
+    stream._chunks.extend(chunks)
+    stream._eof = closed
+    await stream._flush()  # a ping that came with the 101 is answered now, not at the first read
+    return stream
+
+
+async def server_handshake(
+    inner: Stream,
+    *,
+    path: str = DEFAULT_PATH,
+    headers: Mapping[str, object] | None = None,
+    max_message: int = MAX_MESSAGE,
+    peer: object = None,
+) -> WebSocketStream:
+    """Accept a websocket over ``inner`` on ``path``. Bound it with ``asyncio.timeout``.
+
+    A wrong path gets 404, a non-websocket request 400/426, garbage nothing (websockets closes):
+    each raises ``ProtocolError`` after the answer is sent.
+    """
+    extra = _header_items(headers, "ws listener")
+    protocol = ServerProtocol(max_size=max_message, logger=log)
+    stream = WebSocketStream(inner, protocol)
+    request: Request | None = None
+    events: list[object] = []
+    while request is None:
+        data = await inner.read(CHUNK)
+        if data:
+            protocol.receive_data(data)
+        else:
+            protocol.receive_eof()
+        events = list(protocol.events_received())
+        request = next((e for e in events if isinstance(e, Request)), None)
+        if request is None and protocol.handshake_exc is not None:
+            await stream._flush()  # 414/431 for oversized heads; nothing for garbage
+            raise ProtocolError(f"ws from {peer}: not an HTTP request: {protocol.handshake_exc}")
+        if request is None and not data:
+            raise ProtocolError(f"ws from {peer}: connection closed before the handshake request")
+    asked = request.path.partition("?")[0]
+    if asked != path:
+        protocol.send_response(protocol.reject(404, "404 page not found\n"))
+        await stream._flush()
+        raise ProtocolError(f"ws from {peer}: path {request.path!r} is not served (only {path!r}): 404")
+    response = protocol.accept(request)
+    if response.status_code != 101:
+        protocol.send_response(response)
+        await stream._flush()
+        exc = protocol.handshake_exc
+        reason = exc if isinstance(exc, InvalidHandshake) else response.reason_phrase
+        raise ProtocolError(f"ws from {peer}: bad upgrade request ({response.status_code}): {reason}")
+    for key, value in extra:
+        response.headers[key] = value
+    protocol.send_response(response)
+    await stream._flush()
+    chunks: list[bytes] = []
+    closed = _frames_to_chunks(events[events.index(request) + 1 :], chunks)
+    stream._chunks.extend(chunks)
+    stream._eof = closed
+    await stream._flush()  # pongs for pings pipelined behind the request
+    return stream

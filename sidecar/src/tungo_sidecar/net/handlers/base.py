@@ -14,12 +14,12 @@ open except the client stream, which the service closes anyway.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Protocol
 
 from tungo_sidecar.config.model import Service
 from tungo_sidecar.net.dialer import FlowDialer
-from tungo_sidecar.net.stream import Stream
+from tungo_sidecar.net.stream import Stream, pipe
 
 
 class Handler(Protocol):
@@ -51,3 +51,28 @@ async def first_completed(*jobs: Callable[[], Awaitable[object]]) -> None:
         await done.wait()
         for task in tasks:
             task.cancel()
+
+
+async def proxy_streams(
+    client: Stream, upstream: Stream, down: Callable[[], Coroutine[Any, Any, None]] | None = None
+) -> None:
+    """Copy bytes both ways between a client and its target, then close both.
+
+    The client may half-close (its EOF is passed on with ``write_eof`` and the answer still flows
+    back), but the session ends as soon as the target side is done: TLS and websocket transports
+    cannot carry a half-close, so an EOF from upstream must become a full close or a chain of hops
+    would wait forever (GOST ends a session at the first EOF either way). ``down`` replaces the
+    plain upstream → client copy (the relay handler maps an upstream refusal there).
+    """
+
+    async def copy_down() -> None:
+        await pipe(upstream, client)
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            up_task = group.create_task(pipe(client, upstream))
+            down_task: asyncio.Task[None] = group.create_task(down() if down is not None else copy_down())
+            await asyncio.wait([down_task])
+            up_task.cancel()
+    finally:
+        await asyncio.gather(client.close(), upstream.close(), return_exceptions=True)

@@ -17,7 +17,8 @@ from tungo_sidecar import errors
 from tungo_sidecar.config.model import Service
 from tungo_sidecar.net.connectors.base import prefixed, read_message
 from tungo_sidecar.net.dialer import FlowDialer
-from tungo_sidecar.net.stream import Stream, splice
+from tungo_sidecar.net.handlers.base import proxy_streams
+from tungo_sidecar.net.stream import Stream
 from tungo_sidecar.proto import http_connect
 
 #: Bound on reading the request head from a client that connects and stalls.
@@ -58,7 +59,7 @@ class HttpHandler:
             await _answer(stream, http_connect.ResponseHead.bad_gateway())
             raise errors.DialError(f"http: cannot reach {target}: {exc}") from exc
         await stream.write(http_connect.ResponseHead.connection_established().encode())
-        await splice(prefixed(stream, leftover), upstream)
+        await proxy_streams(prefixed(stream, leftover), upstream)
 
     def _authorized(self, credentials: http_connect.BasicCredentials | None) -> bool:
         assert self._auth is not None

@@ -26,7 +26,7 @@ import logging
 from tungo_sidecar import errors
 from tungo_sidecar.config.model import Service
 from tungo_sidecar.net.dialer import FlowDialer
-from tungo_sidecar.net.handlers.base import first_completed
+from tungo_sidecar.net.handlers.base import first_completed, proxy_streams
 from tungo_sidecar.net.stream import CHUNK, Datagrams, Stream, pipe
 from tungo_sidecar.proto import relay
 from tungo_sidecar.proto.address import Address
@@ -177,7 +177,7 @@ class RelayHandler:
 
 
 async def _splice_tcp(side: _ClientSide, upstream: Stream) -> None:
-    """TCP: copy both ways until both directions end; an upstream relay refusal becomes our answer."""
+    """TCP: copy both ways (``proxy_streams``); an upstream relay refusal becomes our answer."""
 
     async def down() -> None:
         try:
@@ -191,9 +191,7 @@ async def _splice_tcp(side: _ClientSide, upstream: Stream) -> None:
         await side.write(first)
         await pipe(upstream, side)
 
-    async with asyncio.TaskGroup() as group:
-        group.create_task(pipe(side, upstream))
-        group.create_task(down())
+    await proxy_streams(side, upstream, down)
 
 
 async def _client_to_datagrams(side: _ClientSide, leftover: bytes, upstream: Datagrams) -> None:

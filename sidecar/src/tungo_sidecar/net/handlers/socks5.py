@@ -21,8 +21,8 @@ from tungo_sidecar import errors
 from tungo_sidecar.config.model import Service
 from tungo_sidecar.net.connectors.base import prefixed, read_message
 from tungo_sidecar.net.dialer import FlowDialer
-from tungo_sidecar.net.handlers.base import first_completed
-from tungo_sidecar.net.stream import CHUNK, Datagrams, SocketStream, Stream, splice
+from tungo_sidecar.net.handlers.base import first_completed, proxy_streams
+from tungo_sidecar.net.stream import CHUNK, Datagrams, SocketStream, Stream
 from tungo_sidecar.proto import socks5
 from tungo_sidecar.proto.address import Address
 
@@ -121,7 +121,7 @@ class Socks5Handler:
             await _reply(stream, socks5.ReplyCode.NETWORK_UNREACHABLE)
             raise errors.DialError(f"socks5: cannot reach {target}: {exc}") from exc
         await stream.write(socks5.Reply(socks5.ReplyCode.SUCCEEDED).encode())
-        await splice(prefixed(stream, leftover), upstream)
+        await proxy_streams(prefixed(stream, leftover), upstream)
 
     def _udp_bind_host(self, stream: Stream) -> str:
         # Answer with the address the client reached us on, so the reply is usable as it is.

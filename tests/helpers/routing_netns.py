@@ -165,10 +165,51 @@ def route_get(ns: str, dst: str, *extra: str) -> str:
     return (proc.stdout + proc.stderr).strip()
 
 
-def tx_packets(ns: str, dev: str) -> int:
-    text = ip(ns, "-s", "link", "show", dev)
-    lines = text.splitlines()
-    for i, line in enumerate(lines):
-        if line.strip().startswith("TX:"):
-            return int(lines[i + 1].split()[1])
-    raise AssertionError(f"no TX counters in {text!r}")
+# Records the destination address of every IPv4/IPv6 frame arriving on a device until stdin closes.
+# Test-only; bounded by a deadline like the TUN holder.
+_SNIFFER = r"""
+import ipaddress, select, socket, sys, time
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))  # ETH_P_ALL
+s.bind((sys.argv[1], 0))
+print("READY", flush=True)
+seen, deadline = [], time.monotonic() + 60
+while time.monotonic() < deadline:
+    ready, _, _ = select.select([s, sys.stdin], [], [], 0.2)
+    if sys.stdin in ready:
+        break
+    if s in ready:
+        frame = s.recv(65535)
+        kind = frame[12:14]
+        if kind == b"\x08\x00":
+            seen.append(str(ipaddress.IPv4Address(frame[30:34])))
+        elif kind == b"\x86\xdd":
+            seen.append(str(ipaddress.IPv6Address(frame[38:54])))
+print(" ".join(seen), flush=True)
+"""
+
+
+@contextmanager
+def sniff(ns: str, dev: str) -> Iterator[list[str]]:
+    """Destinations of the IP packets arriving on ``dev`` in ``ns`` while the block runs (filled after)."""
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", ns, sys.executable, "-c", _SNIFFER, dev],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    seen: list[str] = []
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        line = proc.stdout.readline()
+        assert line.strip() == "READY", f"sniffer failed: {line!r}"
+        yield seen
+        proc.stdin.close()
+        seen.extend(proc.stdout.readline().split())
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+        for stream in (proc.stdout, proc.stderr):
+            if stream:
+                stream.close()

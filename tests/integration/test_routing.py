@@ -192,15 +192,20 @@ def test_sigkilled_tungo_fails_closed_and_restart_takes_over(pod: rn.Pod) -> Non
         os.kill(pid, signal.SIGKILL)
         rn.wait_gone(pod.ns, "tungo")
 
-    # tungo is dead and its device gone. Without the twins, 8.8.8.8 would now leave through up0.
-    sent_before = rn.tx_packets(pod.ns, "up0")
-    for dst in ("8.8.8.8", "172.16.1.1", "2001:db8:5::5"):
-        result, elapsed = connect_in(pod.ns, dst)
-        assert result == "EHOSTUNREACH", (dst, result)
-        assert elapsed < 0.5, (dst, elapsed)  # at once, not after a timeout
-        looked_up = rn.route_get(pod.ns, dst)
-        assert "No route to host" in looked_up or "unreachable" in looked_up, looked_up
-    assert rn.tx_packets(pod.ns, "up0") == sent_before  # not one packet left in clear
+    # tungo is dead and its device gone. Without the twins, these would now leave through up0.
+    captured = ("8.8.8.8", "172.16.1.1", "2001:db8:5::5")
+    with rn.sniff(pod.outside, "out0") as arrived:
+        for dst in captured:
+            result, elapsed = connect_in(pod.ns, dst)
+            assert result == "EHOSTUNREACH", (dst, result)
+            assert elapsed < 0.5, (dst, elapsed)  # at once, not after a timeout
+            looked_up = rn.route_get(pod.ns, dst)
+            assert "No route to host" in looked_up or "unreachable" in looked_up, looked_up
+        # The control: an excluded destination does go out and arrive (the sniffer works).
+        rn.ip(pod.outside, "addr", "add", "10.100.0.1/32", "dev", "lo")
+        assert connect_in(pod.ns, "10.100.0.1")[0] == "ECONNREFUSED"
+    assert "10.100.0.1" in arrived
+    assert not set(captured) & set(arrived), arrived  # not one packet to them left in clear
     # Excluded and relay destinations still work as before, and tungo's own sockets still get out.
     assert "dev up0" in rn.route_get(pod.ns, str(RELAY))
     assert "dev up0" in rn.route_get(pod.ns, "8.8.8.8", "mark", hex(FWMARK))

@@ -377,3 +377,15 @@ def test_own_apply_rejects_paths_that_do_not_fit() -> None:
         ours.apply({"a": []}, (ours.PatchOp("add", "/a/3", 1),))
     with pytest.raises(ValueError, match="neither"):
         ours.apply({"a": "x"}, (ours.PatchOp("add", "/a/b", 1),))
+
+
+@pytest.mark.parametrize("version", ["1.29.0", "1.35.0"])
+def test_injected_pods_are_valid_kubernetes_pods(version: str) -> None:
+    import kubernetes_validate
+
+    # Strict: an unknown or misplaced field (say, restartPolicy on an old API) would fail here.
+    for name in ("plain.yaml", "from-deployment.yaml"):
+        pod = load(name)
+        kubernetes_validate.validate(
+            apply(pod, decide(pod, namespace_info=SHOP_OPTED_IN)), version, strict=True
+        )

@@ -329,7 +329,10 @@ async def test_server_keeps_serving_after_bad_clients(caplog: pytest.LogCaptureF
             port, relay.Request.connect(target).encode() + b"still here", read_until_eof=False
         )
         assert got == OK + b"still here"
-    assert len(failures) == 2
+    # The two junk clients failed with protocol errors; the aborted one may or may not have raised
+    # (a reset versus a clean EOF, depending on timing), and nothing else failed.
+    assert [type(f) for f in failures[:2]] == [errors.RelayProtocolError] * 2
+    assert len(failures) <= 3
 
 
 def test_registry_knows_relay_and_rejects_unknown() -> None:

@@ -60,6 +60,20 @@ async def test_open_tcp_by_name_resolves() -> None:
             await stream.close()
 
 
+async def test_open_tcp_ipv6_literal() -> None:
+    async def on_stream(stream: SocketStream) -> None:
+        await stream.write(b"v6")
+
+    server = await serve_tcp("::1", 0, on_stream)
+    async with server:
+        stream = await open_tcp(Address("::1", server.sockets[0].getsockname()[1]), mark=3, timeout=2)
+        try:
+            assert await stream.read() == b"v6"
+            assert stream.writer.get_extra_info("socket").family == socket.AF_INET6
+        finally:
+            await stream.close()
+
+
 async def test_interface_given_as_ip_binds_the_source_address() -> None:
     server, port = await _echo_server()
     async with server:

@@ -58,6 +58,10 @@ async def read_all(stream: Stream, max_bytes: int = 1 << 20) -> bytes:
     return out
 
 
+def test_masking_runs_in_the_c_speedups() -> None:
+    assert ws.SPEEDUPS
+
+
 async def test_registry_has_ws_and_wss() -> None:
     assert CLIENT_TRANSPORTS["ws"].info.websocket and not CLIENT_TRANSPORTS["ws"].info.tls
     assert CLIENT_TRANSPORTS["wss"].info.websocket and CLIENT_TRANSPORTS["wss"].info.tls
@@ -98,6 +102,7 @@ async def test_client_request_matches_gost_defaults() -> None:
         assert seen["path"] == "/ws"
         assert seen["headers"]["Host"] == f"{LOCAL}:{port}"  # GOST: the node address, port included
         assert "User-Agent" not in seen["headers"]
+        assert "Sec-WebSocket-Extensions" not in seen["headers"]  # no compression, as GOST's default
 
         custom = plugin("ws", path="/tunnel?x=1", host="cdn.example", header={"X-Token": "t0k"})
         stream = await dial("ws", port, custom)

@@ -30,6 +30,8 @@ import logging
 from collections import deque
 from collections.abc import Mapping
 
+from websockets import frames as _frames
+from websockets import utils as _ws_utils
 from websockets.client import ClientProtocol
 from websockets.exceptions import InvalidHandshake, InvalidStatus
 from websockets.frames import CLOSE, CONT, Frame, Opcode
@@ -42,6 +44,12 @@ from tungo_sidecar.errors import ConfigError, DialError, ProtocolError
 from tungo_sidecar.net.stream import CHUNK, Stream
 
 log = logging.getLogger(__name__)
+
+#: Whether masking runs in websockets' C extension. The pure-Python fallback costs ~1.8 ns/byte on
+#: every client frame, which would cap a wss tunnel far below the target; say so once, loudly.
+SPEEDUPS = vars(_frames)["apply_mask"] is not _ws_utils.apply_mask  # the fallback lives in websockets.utils
+if not SPEEDUPS:  # pragma: no cover - depends on the installed wheel
+    log.warning("websockets C speedups unavailable: websocket masking runs in pure Python (slow)")
 
 #: GOST's default websocket path (dialer and listener).
 DEFAULT_PATH = "/ws"

@@ -135,6 +135,16 @@ async def test_port_in_use_is_a_clear_config_error() -> None:
             await svc.start()
 
 
+async def test_port_in_use_on_all_addresses() -> None:
+    with socket.socket(socket.AF_INET6) as busy:
+        busy.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        busy.bind(("::", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"--health :{port}: cannot listen: Address already in use"):
+            await HealthService(Address("", port)).start()
+
+
 async def test_stop_closes_the_port_and_is_idempotent() -> None:
     svc = HealthService(Address("127.0.0.1", 0))
     await svc.start()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -105,6 +106,27 @@ class Readiness:
         return bool(result), "" if result else "not ready"
 
 
+def _any_address_socket(port: int) -> socket.socket:
+    """A listening socket on every address: IPv6 ``::`` accepting IPv4 too, or ``0.0.0.0`` without IPv6."""
+    try:
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    except OSError:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if sock.family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.bind(("::", port))
+        else:
+            sock.bind(("0.0.0.0", port))
+        sock.listen(128)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 class HealthService:
     """The HTTP endpoint, runnable by ``app.runner`` (``name``/``start``/``stop``) and its reporter.
 
@@ -135,9 +157,15 @@ class HealthService:
         app.router.add_get("/readyz", self._readyz)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
-        # Host "" means every address (aiohttp: host=None), as GOST's ":port" does.
-        site = web.TCPSite(runner, host=self.addr.host or None, port=self.addr.port, reuse_address=True)
         try:
+            if self.addr.host:
+                site: web.BaseSite = web.TCPSite(
+                    runner, host=self.addr.host, port=self.addr.port, reuse_address=True
+                )
+            else:
+                # Host "" means every address, as GOST's ":port" does: one dual-stack socket, so IPv4
+                # and IPv6 probes reach the same port (separate sockets would differ with port 0).
+                site = web.SockSite(runner, _any_address_socket(self.addr.port))
             await site.start()
         except OSError as exc:
             await runner.cleanup()

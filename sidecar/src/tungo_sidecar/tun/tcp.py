@@ -143,8 +143,12 @@ class TcpFlows:
             except TimeoutError:
                 log.info("TCP %s -> %s: the app never completed the handshake", session.src, session.dst)
                 return
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            reader, writer = await asyncio.open_connection(sock=conn, limit=CHUNK)
+            try:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                reader, writer = await asyncio.open_connection(sock=conn, limit=CHUNK)
+            except BaseException:
+                conn.close()
+                raise
             app = AppStream(reader, writer)
             self._stats.tcp_active += 1
             try:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
-# tungo_sidecar.net.alloc.tune_malloc() is only ever called in the child: it changes process-wide
-# allocator state. Buffers shaped like a splice: mixed 200-900 KiB objects made and dropped in a loop. Run in a fresh
-# interpreter each time so the measurement is not skewed by this process's heap.
+# tune_malloc() is only ever called in a child interpreter: it changes process-wide allocator state,
+# and a fresh heap keeps the measurement honest. The buffers are shaped like a splice: mixed
+# 200-900 KiB objects made and dropped in a loop.
 _CHURN = """
 import resource, sys
 if sys.argv[1] == "tuned":

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 import socket
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -48,6 +49,8 @@ _RTPROT_STATIC = 4
 _RT_SCOPE_LINK = 253
 _RT_SCOPE_NOWHERE = 255
 _GONE = (errno.ESRCH, errno.ENOENT)
+# Where `ip netns add` (and pyroute2) keep named namespaces.
+_NETNS_RUN_DIR = "/run/netns"
 
 Outcome = Literal["added", "replaced", "already present"]
 
@@ -75,6 +78,9 @@ class Applied:
 @contextmanager
 def netlink(netns: str | None = None) -> Iterator[Any]:
     """An rtnetlink socket in the current network namespace, or in the named one (tests, tooling)."""
+    if netns and not os.path.exists(os.path.join(_NETNS_RUN_DIR, netns)):
+        # Checked first: pyroute2 leaks its helper sockets when NetNS() fails half-way.
+        raise TunError(f"routing: cannot open netlink in netns {netns!r}: no such namespace")
     try:
         # flags=0: join an existing namespace only; pyroute2 would otherwise create a mistyped one.
         ipr = NetNS(netns, flags=0) if netns else IPRoute()

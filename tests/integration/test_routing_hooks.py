@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import routing_netns as rn
 
-from tungo_sidecar.config.model import Metadata
+from tungo_sidecar.config.model import ChainConfig, Hop, Metadata, Node, Plugin
 from tungo_sidecar.config.tun import TunSettings, parse_tun_settings
 from tungo_sidecar.errors import TunError
-from tungo_sidecar.routing.hooks import bring_down, bring_up
-from tungo_sidecar.routing.plan import TABLE, make_plan
+from tungo_sidecar.routing.hooks import Capture, bring_down, bring_up
+from tungo_sidecar.routing.plan import FWMARK, TABLE, make_plan
 
 pytestmark = [
     pytest.mark.netns,
@@ -74,4 +74,31 @@ async def test_failing_post_down_still_tears_down(pod: rn.Pod) -> None:
     assert str(TABLE) in rn.ip(pod.ns, "-4", "rule", "show")
     with pytest.raises(TunError, match="postDown 'false': exit status 1"):
         await bring_down(s, applied, netns=pod.ns)
+    assert rn.snapshot(pod.ns) == before
+
+
+async def test_capture_excludes_the_chain_first_hop_and_undoes_everything(pod: rn.Pod) -> None:
+    def node(name: str, addr: str) -> Node:
+        return Node(name, addr, Plugin("relay"), Plugin("wss"))
+
+    chain = ChainConfig(
+        "c",
+        (
+            Hop("h0", (node("a", "198.51.100.7:443"), node("b", "localhost:8443"))),
+            Hop("h1", (node("c", "203.0.113.9:443"),)),
+        ),
+    )
+    s = parse_tun_settings(Metadata({"route": "0.0.0.0/0", "exclude": "10.96.0.0/12"}))
+    before = rn.snapshot(pod.ns)
+    capture = Capture(s, chain, netns=pod.ns)
+    applied = await capture.start()
+    assert await capture.start() is applied  # started once only
+    assert capture.plan is not None and capture.plan.fwmark == FWMARK
+    assert "dev up0" in rn.route_get(pod.ns, "198.51.100.7")  # the first hop bypasses the TUN
+    assert "dev tungo" in rn.route_get(pod.ns, "203.0.113.9")  # a later hop is reached through the first
+    assert "dev up0" in rn.route_get(pod.ns, "10.100.0.1")  # the listener's own exclude
+    assert "dev tungo" in rn.route_get(pod.ns, "8.8.8.8")
+    await capture.stop()
+    await capture.stop()
+    assert capture.applied is None
     assert rn.snapshot(pod.ns) == before

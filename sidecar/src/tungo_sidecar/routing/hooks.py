@@ -3,7 +3,8 @@
 Owns the order GOST follows on Linux (listener/tungo then service.Serve/Close): the TUN is up, routes
 are applied, ``resolvectl dns NAME servers…`` runs when ``dns`` is set, then each ``postUp`` line; on the
 way down each ``postDown`` line runs, then every route and rule is removed. The runner calls
-``bring_up`` once the TUN device is up and ``bring_down`` before it closes the device.
+``bring_up`` once the TUN device is up and ``bring_down`` before it closes the device — or, simpler,
+``Capture`` (chain relay addresses resolved and excluded, plan made, brought up and down).
 
 Hook lines run as GOST runs them: each split into argv like a POSIX shell would (GOST uses
 google/shlex; Python's ``shlex`` with ``comments=True`` splits the same way: quotes, backslashes, ``#``
@@ -25,10 +26,11 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+from tungo_sidecar.config.model import ChainConfig
 from tungo_sidecar.config.tun import TunSettings, split_command
 from tungo_sidecar.errors import ConfigError, TunError
-from tungo_sidecar.routing.apply import Applied, apply_plan_async, teardown_async
-from tungo_sidecar.routing.plan import Plan
+from tungo_sidecar.routing.apply import Applied, apply_plan_async, resolve_relay_addresses, teardown_async
+from tungo_sidecar.routing.plan import FWMARK, IPNetwork, Plan, make_plan, relay_hosts
 
 log = logging.getLogger(__name__)
 
@@ -159,3 +161,55 @@ async def bring_down(
     await teardown_async(applied, netns)
     if failure is not None:
         raise failure
+
+
+class Capture:
+    """The whole routing side of one ``tungo`` service, for the TUN wiring: ``start`` once the TUN is
+    up (resolve the chain's first-hop nodes, plan with their addresses excluded, ``bring_up``), ``stop``
+    before the device closes (``bring_down``). ``fwmark`` must be the SO_MARK the service's dialers put
+    on their sockets (the service's ``so_mark`` when set, else ``FWMARK``). ``plan`` and ``applied`` are
+    there for logs and readiness (``applied is not None`` means the routes are in place)."""
+
+    def __init__(
+        self,
+        settings: TunSettings,
+        chain: ChainConfig | None,
+        *,
+        fwmark: int = FWMARK,
+        excluded: tuple[IPNetwork | str, ...] = (),
+        netns: str | None = None,
+        hook_timeout: float = HOOK_TIMEOUT,
+    ) -> None:
+        self.settings = settings
+        self.chain = chain
+        self.fwmark = fwmark
+        self.excluded = excluded
+        self.netns = netns
+        self.hook_timeout = hook_timeout
+        self.plan: Plan | None = None
+        self.applied: Applied | None = None
+
+    async def start(self) -> Applied:
+        if self.applied is not None:
+            return self.applied
+        relays = await resolve_relay_addresses(relay_hosts(self.chain))
+        self.plan = make_plan(
+            self.settings, fwmark=self.fwmark, excluded=self.excluded, relay_addresses=relays
+        )
+        self.applied = await bring_up(
+            self.settings, self.plan, netns=self.netns, hook_timeout=self.hook_timeout
+        )
+        log.info(
+            "routing: %d route(s) captured into %s (table %d, fwmark %#x), %d relay address(es) excluded",
+            len(self.settings.routes),
+            self.settings.name,
+            self.plan.table,
+            self.plan.fwmark,
+            len(relays),
+        )
+        return self.applied
+
+    async def stop(self) -> None:
+        applied, self.applied = self.applied, None
+        if applied is not None:
+            await bring_down(self.settings, applied, netns=self.netns, hook_timeout=self.hook_timeout)

@@ -217,3 +217,24 @@ async def test_tls_server_times_out_a_silent_client(start_server, pki) -> None:
     finally:
         await raw.close()
     assert len(server.errors) == 1 and "timed out after 0.2s" in str(server.errors[0])
+
+
+def test_validate_catches_bad_plugins_at_start_up(pki, tmp_path) -> None:
+    transports.validate(
+        Plugin("wss", metadata=Metadata({"path": "/x", "header": {"X-A": "1"}})), server=False
+    )
+    transports.validate(server_plugin("wss", pki), server=True)
+    transports.validate(Plugin("tls"), server=True)  # self-signed fallback
+    bad = [
+        (Plugin("quic"), "unknown dialer"),
+        (Plugin("ws", metadata=Metadata({"path": "ws"})), "must start with '/'"),
+        (Plugin("ws", metadata=Metadata({"header": "X-A: 1"})), "expected a mapping"),
+        (Plugin("wss", metadata=Metadata({"header": {"Sec-WebSocket-Key": "x"}})), "Sec-WebSocket-Key"),
+        (Plugin("tls", metadata=Metadata({"handshakeTimeout": "soon"})), "bad duration"),
+        (Plugin("tls", tls=TLSOptions(secure=True, ca_file=str(tmp_path / "nope.pem"))), "nope"),
+    ]
+    for plugin, message in bad:
+        with pytest.raises(ConfigError, match=message):
+            transports.validate(plugin, server=False)
+    with pytest.raises(ConfigError, match="together"):
+        transports.validate(Plugin("tls", tls=TLSOptions(key_file=str(pki.server.key))), server=True)

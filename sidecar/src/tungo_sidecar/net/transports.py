@@ -248,6 +248,27 @@ SERVER_TRANSPORTS: dict[str, ServerTransport] = {
 }
 
 
+def validate(plugin: Plugin, *, server: bool) -> None:
+    """Check a dialer (``server=False``) or listener plugin at start-up; ``ConfigError`` if unusable.
+
+    Catches what would otherwise fail on the first flow: an unknown type, a bad ``handshakeTimeout``,
+    TLS files that do not load, a ws ``path``/``header`` of the wrong shape or touching the headers
+    the upgrade owns.
+    """
+    info = (server_transport(plugin.type) if server else client_transport(plugin.type)).info
+    handshake_timeout(plugin)
+    if info.tls:
+        if server:
+            tlsconf.server_context(plugin.tls)
+        else:
+            tlsconf.client_context(plugin.tls)
+    if info.websocket:
+        path = _ws_path(plugin)
+        if not path.startswith("/"):
+            raise ConfigError(f"{plugin.type}: metadata 'path' must start with '/', got {path!r}")
+        ws.check_headers(_ws_headers(plugin), plugin.type)
+
+
 def client_transport(name: str) -> ClientTransport:
     """The client transport called ``name``; ``ConfigError`` listing the known ones otherwise."""
     try:

@@ -177,6 +177,11 @@ class WebSocketStream:
             await self._inner.close()
 
 
+def check_headers(headers: Mapping[str, object] | None, what: str) -> None:
+    """ConfigError when configured headers would override the ones the upgrade owns."""
+    _header_items(headers, what)
+
+
 def _header_items(headers: Mapping[str, object] | None, what: str) -> list[tuple[str, str]]:
     items: list[tuple[str, str]] = []
     for key, value in (headers or {}).items():

@@ -135,6 +135,22 @@ async def test_reads_reassemble_across_messages_and_ignore_boundaries() -> None:
         await stream.close()
 
 
+async def test_small_reads_walk_a_big_payload_in_order() -> None:
+    payload = os.urandom(200_000)
+
+    async def handler(connection: ServerConnection) -> None:
+        await connection.send(payload)
+        await connection.close()
+
+    async with ws_serve(handler, LOCAL, 0) as server:
+        stream = await dial("ws", server.sockets[0].getsockname()[1])
+        parts = [await stream.read(7) for _ in range(3)]
+        assert all(len(part) == 7 for part in parts)
+        rest = await read_all(stream, max_bytes=65536)
+        assert b"".join(parts) + rest == payload
+        await stream.close()
+
+
 async def test_pings_are_answered_while_reading() -> None:
     pong_latency: list[float] = []
 

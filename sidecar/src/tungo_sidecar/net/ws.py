@@ -81,12 +81,13 @@ _DATA = (Opcode.TEXT, Opcode.BINARY, CONT)
 class WebSocketStream:
     """A ``Stream`` carried as websocket binary messages over an inner ``Stream``."""
 
-    __slots__ = ("_chunks", "_closed", "_eof", "_inner", "_protocol", "_send_lock")
+    __slots__ = ("_chunks", "_closed", "_eof", "_inner", "_offset", "_protocol", "_send_lock")
 
     def __init__(self, inner: Stream, protocol: Protocol, pending: list[bytes] | None = None) -> None:
         self._inner = inner
         self._protocol = protocol
         self._chunks: deque[bytes] = deque(pending or ())
+        self._offset = 0  # bytes of _chunks[0] already returned
         self._eof = False
         self._closed = False
         self._send_lock = asyncio.Lock()
@@ -103,11 +104,18 @@ class WebSocketStream:
                 return b""
             await self._receive()
         chunk = chunks[0]
-        if len(chunk) <= max_bytes:
-            chunks.popleft()
+        start = self._offset
+        if start == 0 and len(chunk) <= max_bytes:
+            chunks.popleft()  # the common case: a whole payload, no copy
             return chunk
-        chunks[0] = chunk[max_bytes:]
-        return chunk[:max_bytes]
+        # Small reads (protocol headers) slice only what they return: no quadratic re-copying.
+        end = start + max_bytes
+        if end >= len(chunk):
+            chunks.popleft()
+            self._offset = 0
+        else:
+            self._offset = end
+        return chunk[start:end]
 
     async def _receive(self) -> None:
         """Read from the inner stream once and turn what arrived into payload chunks."""

@@ -255,3 +255,33 @@ def test_rendered_plan_is_what_the_executor_does(pod: rn.Pod) -> None:
         assert normal(twin.ns) == normal(pod.ns)
         run_rendered(twin.ns, teardown_text)
         assert rn.snapshot(twin.ns) == before
+
+
+def test_restart_with_a_different_plan_sweeps_the_old_one(pod: rn.Pod) -> None:
+    rn.add_tun(pod.ns, addrs=("192.168.123.1/24", "fd00:7::1/64"))
+    before = rn.snapshot(pod.ns)
+    # Someone else's rule at one of our priorities, shaped unlike ours: must survive the sweep.
+    rn.ip(pod.ns, "-4", "rule", "add", "priority", "29801", "fwmark", "0x99", "lookup", "99")
+    foreign = rn.snapshot(pod.ns)
+    old = make_plan(
+        parse_tun_settings(Metadata({"net": "192.168.123.1/24,fd00:7::1/64", "route": "10.0.0.0/8,::/0"}))
+    )
+    new = make_plan(parse_tun_settings(Metadata({"route": "172.16.0.0/12"})))
+    with netlink(pod.ns) as ipr:
+        apply_plan(old, ipr)  # ... and the sidecar dies without a teardown; its config changes
+        assert "dev tungo" in rn.route_get(pod.ns, "10.1.1.1")
+        applied = apply_plan(new, ipr)
+        # The old capture is gone entirely (no stale unreachable twin black-holing 10/8, no v6 rules).
+        assert len(applied.swept) == 4 + 2  # 10/8 and ::/0 routes with their twins, and the two v6 rules
+        assert all(
+            line.startswith(("ip -4 route del", "ip -6 route del", "ip -6 rule del"))
+            for line in applied.swept
+        )
+        assert "dev up0" in rn.route_get(pod.ns, "10.1.1.1")
+        assert "dev up0" in rn.route_get(pod.ns, "2001:db8:5::5")
+        assert "dev tungo" in rn.route_get(pod.ns, "172.16.1.1")
+        assert "lookup 99" in rn.ip(pod.ns, "-4", "rule", "show")
+        teardown(applied, ipr)
+    assert rn.snapshot(pod.ns) == foreign
+    rn.ip(pod.ns, "-4", "rule", "del", "priority", "29801", "fwmark", "0x99", "lookup", "99")
+    assert rn.snapshot(pod.ns) == before

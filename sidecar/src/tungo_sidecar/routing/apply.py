@@ -12,6 +12,11 @@ have no replace in netlink, so they are added with NLM_F_EXCL and EEXIST means "
 kernel compares every field, so this is exactly our rule). Each step records whether it found the
 kernel already in that state, which tells a restart from a first start in the logs.
 
+A restart may also come with a *different* plan (the config changed while the sidecar was down): the
+table is ours alone, so before applying, every route in it and every rule at our priorities that the
+new plan does not contain is removed ("swept") — otherwise a stale ``unreachable`` twin would keep
+blocking a destination the new config no longer captures.
+
 ``teardown`` removes exactly what an ``apply_plan`` reported, in reverse, treating "already gone"
 (ESRCH/ENOENT: e.g. the TUN vanished and took its routes with it) as success. A failure in the middle of
 ``apply_plan`` undoes the steps already taken before raising ``TunError``: a half-applied capture
@@ -28,7 +33,7 @@ import socket
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from ipaddress import ip_address
+from ipaddress import ip_address, ip_network
 from typing import Any, Literal
 
 from pyroute2 import IPRoute, NetNS
@@ -36,7 +41,17 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from tungo_sidecar.errors import TunError
 from tungo_sidecar.proto.address import Address
-from tungo_sidecar.routing.plan import AddRoute, AddRule, IPAddress, Operation, Plan
+from tungo_sidecar.routing.plan import (
+    RULE_PRIORITY_CAPTURE,
+    RULE_PRIORITY_MAIN,
+    AddRoute,
+    AddRule,
+    Family,
+    IPAddress,
+    Operation,
+    Plan,
+    RouteType,
+)
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +83,7 @@ class Applied:
     """What ``apply_plan`` did, in order; ``teardown`` undoes exactly this."""
 
     steps: tuple[Step, ...]
+    swept: tuple[str, ...] = ()  # stale leftovers of an earlier, different plan that were removed
 
     @property
     def leftovers(self) -> int:
@@ -96,6 +112,14 @@ def netlink(netns: str | None = None) -> Iterator[Any]:
 
 def apply_plan(plan: Plan, ipr: Any) -> Applied:
     """Apply every operation of ``plan`` through ``ipr`` (IPRoute or NetNS); TunError after a rollback."""
+    try:
+        swept = _sweep(ipr, plan)
+    except (NetlinkError, OSError) as exc:
+        raise TunError(
+            f"routing: cannot remove stale routes/rules of table {plan.table}: {_describe(exc)}"
+        ) from exc
+    for line in swept:
+        log.info("routing: removed a stale leftover: %s", line)
     done: list[Step] = []
     ifindex: dict[str, int] = {}
     for op in plan.operations:
@@ -108,7 +132,7 @@ def apply_plan(plan: Plan, ipr: Any) -> Applied:
             extra = f"; rollback also failed: {'; '.join(undo_errors)}" if undo_errors else ""
             raise TunError(f"routing: {what}: {detail}{extra}") from exc
         done.append(Step(op, outcome))
-    applied = Applied(tuple(done))
+    applied = Applied(tuple(done), tuple(swept))
     if applied.leftovers:
         log.info(
             "routing: %d of %d steps were already in place (restart after a crash?)",
@@ -238,21 +262,83 @@ def _apply_rule(ipr: Any, op: AddRule) -> Outcome:
     return "added"
 
 
+_RTN_NAMES: dict[int, RouteType] = {1: "unicast", 7: "unreachable", 9: "throw"}
+_NO_SUPPRESS = 0xFFFFFFFF  # what the kernel reports for "no suppress_prefixlength"
+
+
+def _sweep(ipr: Any, plan: Plan) -> list[str]:
+    """Remove what an earlier plan left in our table and at our rule priorities but this plan lacks."""
+    wanted_routes = {(op.dst, op.metric, op.type) for op in plan.operations if isinstance(op, AddRoute)}
+    wanted_rules = {op for op in plan.operations if isinstance(op, AddRule)}
+    swept: list[str] = []
+    families: tuple[Family, ...] = (4, 6)
+    for family in families:
+        for msg in ipr.get_rules(family=_AF[family]):
+            rule = _rule_from_msg(family, msg)
+            if rule is None or rule in wanted_rules:
+                continue
+            if rule.table != plan.table and rule.suppress_prefixlength is None:
+                continue  # at our priority but not shaped like ours: not ours to remove
+            _delete(ipr, rule)
+            swept.append(rule.render("del"))
+    for family in families:
+        for msg in ipr.get_routes(family=_AF[family], table=plan.table):
+            route = _route_from_msg(family, msg, plan.table)
+            if route is None or (route.dst, route.metric, route.type) in wanted_routes:
+                continue
+            _delete(ipr, route)
+            swept.append(route.render("del"))
+    return swept
+
+
+def _rule_from_msg(family: Family, msg: Any) -> AddRule | None:
+    priority = msg.get_attr("FRA_PRIORITY")
+    if priority not in (RULE_PRIORITY_MAIN, RULE_PRIORITY_CAPTURE):
+        return None
+    table = msg.get_attr("FRA_TABLE") or msg["table"]
+    suppress = msg.get_attr("FRA_SUPPRESS_PREFIXLEN")
+    return AddRule(
+        family,
+        int(priority),
+        int(table),
+        fwmark=msg.get_attr("FRA_FWMARK"),
+        invert=bool(msg["flags"] & _FIB_RULE_INVERT),
+        suppress_prefixlength=None if suppress in (None, _NO_SUPPRESS) else int(suppress),
+    )
+
+
+def _route_from_msg(family: Family, msg: Any, table: int) -> AddRoute | None:
+    if (msg.get_attr("RTA_TABLE") or msg["table"]) != table or msg["type"] not in _RTN_NAMES:
+        return None
+    dst = msg.get_attr("RTA_DST") or ("0.0.0.0" if family == 4 else "::")
+    return AddRoute(
+        ip_network(f"{dst}/{msg['dst_len']}"),
+        table,
+        int(msg.get_attr("RTA_PRIORITY") or 0),
+        type=_RTN_NAMES[msg["type"]],
+    )
+
+
+def _delete(ipr: Any, op: Operation) -> None:
+    try:
+        if isinstance(op, AddRoute):
+            ipr.route("del", scope=_RT_SCOPE_NOWHERE, **_route_args(op))
+        else:
+            ipr.rule("del", **_rule_args(op))
+    except NetlinkError as exc:
+        if exc.code not in _GONE:
+            raise
+
+
 def _undo(ipr: Any, steps: list[Step]) -> list[str]:
     """Remove ``steps`` in reverse; returns the failures (already-gone is not one)."""
     errors: list[str] = []
     for step in reversed(steps):
         op = step.op
         try:
-            if isinstance(op, AddRoute):
-                # No oif: the device may be gone already; dst + table + metric + type name our route.
-                # Scope "nowhere" is the kernel's wildcard for deletes, as ip(8) sends it.
-                ipr.route("del", scope=_RT_SCOPE_NOWHERE, **_route_args(op))
-            else:
-                ipr.rule("del", **_rule_args(op))
+            # No oif: the device may be gone already; dst + table + metric + type name our route.
+            _delete(ipr, op)
         except NetlinkError as exc:
-            if exc.code in _GONE:
-                continue
             errors.append(f"{op.render('del')}: {_describe(exc)}")
         except OSError as exc:
             errors.append(f"{op.render('del')}: {exc}")

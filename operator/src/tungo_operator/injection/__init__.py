@@ -2,5 +2,6 @@
 
 Public API (import the modules, not names): ``core.decide``, ``core.GatewayInfo``, ``core.NamespaceInfo``,
 ``core.Decision``, ``sidecar.SidecarSettings``. Called by tungo_operator.webhook; depends only on
-tungo_operator.model and tungo_operator.errors. Must never import kopf, aiohttp or asyncio, nor do I/O.
+tungo_operator.model (conventions, model.gateway's LabelSelector, model.errors). Must never import kopf,
+aiohttp or asyncio, nor do I/O.
 """

@@ -18,8 +18,8 @@ from typing import Any, Final
 
 from tungo_operator.injection import sidecar
 from tungo_operator.injection.jsonpatch import PatchOp, pointer
-from tungo_operator.injection.selectors import LabelSelector
 from tungo_operator.model import conventions as c
+from tungo_operator.model.gateway import LabelSelector, parse_label_selector
 
 POD_SECURITY_ENFORCE_LABEL: Final = "pod-security.kubernetes.io/enforce"
 # Pod Security levels that refuse NET_ADMIN and hostPath volumes ("privileged" allows both).
@@ -37,15 +37,17 @@ class GatewayInfo:
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> GatewayInfo:
-        """Reduce a TunGateway object; a bad selector raises InvalidSelectorError."""
+        """Reduce a TunGateway object; a bad selector raises model.errors.SpecError naming the field."""
         meta = body.get("metadata") or {}
         spec = body.get("spec") or {}
         raw_ns = spec.get("namespaceSelector")
         return cls(
             name=str(meta.get("name", "")),
             namespace=str(meta.get("namespace") or "default"),
-            pod_selector=LabelSelector.parse(spec.get("podSelector") or {}),
-            namespace_selector=None if raw_ns is None else LabelSelector.parse(raw_ns),
+            pod_selector=parse_label_selector(spec.get("podSelector") or {}, "spec.podSelector"),
+            namespace_selector=None
+            if raw_ns is None
+            else parse_label_selector(raw_ns, "spec.namespaceSelector"),
         )
 
     def serves(self, namespace: NamespaceInfo) -> bool:

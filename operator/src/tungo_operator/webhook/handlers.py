@@ -17,8 +17,8 @@ import kopf
 
 from tungo_operator.injection import core, sidecar
 from tungo_operator.injection import jsonpatch as patches
-from tungo_operator.injection.selectors import InvalidSelectorError
 from tungo_operator.model import conventions as c
+from tungo_operator.model.errors import OperatorError
 
 # The webhook's URL path is /<handler id>: the chart's MutatingWebhookConfiguration uses it.
 HANDLER_ID: Final = "tungo-inject"
@@ -29,7 +29,7 @@ def index_gateway(*, body: kopf.Body, **_: Any) -> dict[str, core.GatewayInfo]:
     """kopf index function: ``{gateway namespace: GatewayInfo}``; a bad selector leaves it out."""
     try:
         info = core.GatewayInfo.from_body(body)
-    except InvalidSelectorError as exc:
+    except OperatorError as exc:
         # The controller reports this on the TunGateway's status; pods asking for it get "missing".
         logger.warning(
             "TunGateway %s/%s ignored by the injector: %s", body.meta.namespace, body.meta.name, exc

@@ -1,0 +1,420 @@
+"""The real kopf loop of tungo-operator (``main.operate``) against kmock's in-memory Kubernetes API.
+
+Objects are created, patched and deleted over HTTP, exactly as kubectl would; the operator watches them,
+writes config Secrets and patches status through the same API. Each test runs its own operator (fresh
+registry) and stops it in the fixture's finalizer. Waits are bounded polls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import kmock
+import kopf
+import pytest
+import yaml
+from kmock._internal import parsing as kmock_parsing
+
+from tungo_operator.handlers.controller import make_settings
+from tungo_operator.main import operate
+from tungo_operator.model.chain import parse_chain
+from tungo_operator.model.gateway import parse_gateway
+from tungo_operator.render.config import decode_secret, render_config
+
+ROOT = Path(__file__).resolve().parents[2]
+GW = "tungo.dev/v1alpha1/tungateways"
+CHAIN = "tungo.dev/v1alpha1/chains"
+GW_PATH = "/apis/tungo.dev/v1alpha1/namespaces/{ns}/tungateways"
+CHAIN_PATH = "/apis/tungo.dev/v1alpha1/namespaces/{ns}/chains"
+SECRET_PATH = "/api/v1/namespaces/{ns}/secrets"
+POD_PATH = "/api/v1/namespaces/{ns}/pods"
+WAIT = 10.0  # seconds: generous for a loaded 2-core box; every wait is a bounded poll
+
+
+def examples() -> dict[tuple[str, str], dict[str, Any]]:
+    docs: dict[tuple[str, str], dict[str, Any]] = {}
+    for path in sorted((ROOT / "examples").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc:
+                docs[doc["kind"], doc["metadata"]["name"]] = doc
+    return docs
+
+
+def with_meta(doc: dict[str, Any], ns: str, **meta: Any) -> dict[str, Any]:
+    doc = copy.deepcopy(doc)
+    # kmock keeps no resourceVersion; kopf's finalizer patches test for one, so objects carry a fixed one.
+    uid = f"uid-{doc['kind'].lower()}-{ns}-{doc['metadata']['name']}"  # unique, as kopf's indices need
+    doc["metadata"] = {**doc["metadata"], "namespace": ns, "uid": uid, "resourceVersion": "1", **meta}
+    return doc
+
+
+async def wait_for(what: str, check: Callable[[], Any], within: float = WAIT) -> Any:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        with contextlib.suppress(KeyError, IndexError, TypeError, AssertionError):
+            result = check()
+            if result:
+                return result
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {within}s waiting for: {what}")
+        await asyncio.sleep(0.05)
+
+
+class Cluster:
+    """kmock plus the calls a user makes with kubectl."""
+
+    def __init__(self, server: kmock.KubernetesEmulator) -> None:
+        self.k = server
+
+    async def call(self, method: str, path: str, body: object = None) -> Any:
+        kwargs: dict[str, Any] = {} if body is None else {"json": body}
+        if method == "patch":
+            kwargs["headers"] = {"Content-Type": "application/merge-patch+json"}
+        async with self.k.request(method, path, **kwargs) as resp:
+            assert resp.status < 300, f"{method} {path}: {resp.status} {await resp.text()}"
+            return await resp.json()
+
+    async def apply(self, path: str, doc: dict[str, Any]) -> Any:
+        return await self.call("post", path.format(ns=doc["metadata"]["namespace"]), doc)
+
+    def obj(self, resource: str, ns: str, name: str) -> dict[str, Any] | None:
+        try:  # NB: kmock's `key in objects` is False for string resource keys; indexing parses them
+            obj = self.k.objects[resource, ns, name]
+        except KeyError:
+            return None
+        return None if obj.deleted else dict(obj.raw)
+
+    def config(self, ns: str, gateway: str) -> str | None:
+        secret = self.obj("v1/secrets", ns, f"tungo-{gateway}")
+        return None if secret is None else decode_secret(secret)["config.yaml"].decode()
+
+    def ready(self, resource: str, ns: str, name: str) -> dict[str, Any] | None:
+        body = self.obj(resource, ns, name) or {}
+        for cond in body.get("status", {}).get("conditions", []):
+            if cond["type"] == "Ready":
+                return dict(cond)
+        return None
+
+    def events(self, ns: str) -> list[dict[str, Any]]:
+        return [req.data for req in self.k[f"post /api/v1/namespaces/{ns}/events"]]
+
+
+def _parse_path_with_namespaces(original: Callable[[str], Any]) -> Callable[[str], Any]:
+    """kmock 0.8 cannot parse the cluster-scoped ``/api/v1/namespaces[/NAME]`` paths (it reads the
+    plural as the ``namespaces/NAME/`` prefix and fails with a ValueError → HTTP 500). This wraps its
+    parser for exactly those paths; everything else goes to kmock unchanged."""
+
+    def parse(path: str) -> Any:
+        parts = path.strip("/").split("/")
+        if parts[:3] == ["api", "v1", "namespaces"] and len(parts) <= 4:
+            return kmock_parsing.ParsedPath(
+                "", "v1", "namespaces", None, parts[3] if len(parts) == 4 else None
+            )
+        return original(path)
+
+    return parse
+
+
+@pytest.fixture
+async def cluster(
+    kmock: kmock.KubernetesEmulator, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Cluster]:
+    caplog.set_level(logging.INFO)
+    monkeypatch.setattr(kmock_parsing, "parse_path", _parse_path_with_namespaces(kmock_parsing.parse_path))
+    info = {"verbs": {"list", "watch", "get", "create", "patch", "delete"}}
+    kmock.resources[GW] = kmock.ResourceInfo(
+        kind="TunGateway", namespaced=True, subresources={"status"}, **info
+    )
+    kmock.resources[CHAIN] = kmock.ResourceInfo(
+        kind="Chain", namespaced=True, subresources={"status"}, **info
+    )
+    kmock.resources["v1/secrets"] = kmock.ResourceInfo(kind="Secret", namespaced=True, **info)
+    kmock.resources["v1/pods"] = kmock.ResourceInfo(kind="Pod", namespaced=True, **info)
+    kmock.resources["v1/namespaces"] = kmock.ResourceInfo(kind="Namespace", namespaced=False, **info)
+    kmock.resources["v1/events"] = kmock.ResourceInfo(kind="Event", namespaced=True, **info)
+
+    # The operator runs in its own thread and event loop, like a separate process talking HTTP to the
+    # API server: kopf cancels every task it did not see at start-up when it stops, which would include
+    # the test's own tasks if it shared their loop.
+    settings = make_settings()
+    settings.scanning.disabled = True  # kmock serves no CRD list to scan
+    settings.watching.reconnect_backoff = 0.1
+    stop, ready = threading.Event(), threading.Event()
+    server = str(kmock.url)
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(
+                operate(
+                    login=lambda **_: kopf.ConnectionInfo(server=server),
+                    stop_flag=stop,
+                    ready_flag=ready,
+                    settings=settings,
+                )
+            )
+        except BaseException as exc:  # reported by the fixture below
+            failures.append(exc)
+
+    thread = threading.Thread(target=run, name="tungo-operator", daemon=True)
+    thread.start()
+    loop = asyncio.get_running_loop()
+    try:
+        assert await loop.run_in_executor(None, ready.wait, WAIT), "operator not ready"
+        yield Cluster(kmock)
+    finally:
+        stop.set()
+        await loop.run_in_executor(None, thread.join, WAIT)
+    assert not thread.is_alive(), "operator did not stop"
+    assert not failures, f"operator crashed: {failures!r}"
+
+
+async def apply_examples(c: Cluster, ns: str = "demo") -> dict[tuple[str, str], dict[str, Any]]:
+    docs = {key: with_meta(doc, ns) for key, doc in examples().items()}
+    for (kind, _), doc in docs.items():
+        if kind == "Secret":
+            await c.apply(SECRET_PATH, doc)
+    await c.apply(CHAIN_PATH, docs["Chain", "egress"])
+    gateway = docs["TunGateway", "egress"]
+    gateway["metadata"]["generation"] = 1
+    await c.apply(GW_PATH, gateway)
+    return docs
+
+
+def expected_config(docs: dict[tuple[str, str], dict[str, Any]]) -> str:
+    secrets = {name: decode_secret(doc) for (kind, name), doc in docs.items() if kind == "Secret"}
+    gateway, chain = parse_gateway(docs["TunGateway", "egress"]), parse_chain(docs["Chain", "egress"])
+    return render_config(gateway, chain, secrets).config_yaml
+
+
+async def test_create_renders_secret_and_patches_status(cluster: Cluster) -> None:
+    c = cluster
+    docs = await apply_examples(c)
+    text = await wait_for("config Secret", lambda: c.config("demo", "egress"))
+    assert text == expected_config(docs)  # byte for byte what the pure renderer produces
+
+    secret = c.obj("v1/secrets", "demo", "tungo-egress")
+    assert secret is not None
+    assert secret["metadata"]["ownerReferences"][0]["uid"] == "uid-tungateway-demo-egress"
+    assert secret["metadata"]["labels"]["tungo.dev/gateway"] == "egress"
+    assert decode_secret(secret)["ca-relay-primary.pem"].startswith(b"-----BEGIN CERTIFICATE-----")
+
+    cond = await wait_for(
+        "Ready=True", lambda: (r := c.ready(GW, "demo", "egress")) and r["status"] == "True" and r
+    )
+    assert cond["reason"] == "ConfigRendered" and "demo" in cond["message"]
+    status = c.obj(GW, "demo", "egress")["status"]
+    assert status["observedGeneration"] == 1
+    assert status["namespaces"] == ["demo"] and status["injectedPods"] == 0
+    assert status["configHash"] == secret["metadata"]["annotations"]["tungo.dev/config-hash"]
+
+    chain_cond = await wait_for("Chain Ready", lambda: c.ready(CHAIN, "demo", "egress"))
+    assert chain_cond["status"] == "True" and c.obj(CHAIN, "demo", "egress")["status"]["hops"] == 1
+    await wait_for(
+        "a ConfigRendered event", lambda: any(e["reason"] == "ConfigRendered" for e in c.events("demo"))
+    )
+
+
+async def test_updates_of_gateway_chain_and_secret_rerender(cluster: Cluster) -> None:
+    c = cluster
+    await apply_examples(c)
+    await wait_for("config Secret", lambda: c.config("demo", "egress"))
+
+    await c.call(
+        "patch",
+        f"{GW_PATH.format(ns='demo')}/egress",
+        {"metadata": {"generation": 2}, "spec": {"tun": {"mtu": 9000}}},
+    )
+    await wait_for("mtu 9000", lambda: "mtu: 9000" in c.config("demo", "egress"))
+    await wait_for(
+        "observedGeneration 2", lambda: c.obj(GW, "demo", "egress")["status"]["observedGeneration"] == 2
+    )
+
+    await c.call(
+        "patch",
+        f"{SECRET_PATH.format(ns='demo')}/relay-auth",
+        {"stringData": {"password": "rotated-password"}},
+    )
+    await wait_for("rotated password", lambda: "password: rotated-password" in c.config("demo", "egress"))
+
+    chain = examples()["Chain", "egress"]
+    nodes = copy.deepcopy(chain["spec"]["hops"][0]["nodes"])
+    nodes[1]["addr"] = "relay-2.example.com:8443"
+    hops = [{**chain["spec"]["hops"][0], "nodes": nodes}]
+    await c.call("patch", f"{CHAIN_PATH.format(ns='demo')}/egress", {"spec": {"hops": hops}})
+    await wait_for("new node address", lambda: "addr: relay-2.example.com:8443" in c.config("demo", "egress"))
+
+
+async def test_delete_removes_the_config_secret(cluster: Cluster) -> None:
+    c = cluster
+    await apply_examples(c)
+    await wait_for("config Secret", lambda: c.config("demo", "egress"))
+    await wait_for(
+        "finalizer", lambda: "tungo.dev/finalizer" in c.obj(GW, "demo", "egress")["metadata"]["finalizers"]
+    )
+    await c.call("delete", f"{GW_PATH.format(ns='demo')}/egress")
+    await wait_for("Secret deleted", lambda: c.obj("v1/secrets", "demo", "tungo-egress") is None)
+    await wait_for("gateway gone", lambda: c.obj(GW, "demo", "egress") is None)
+
+
+async def test_invalid_spec_is_reported_and_the_operator_keeps_running(cluster: Cluster) -> None:
+    c = cluster
+    docs = {key: with_meta(doc, "demo") for key, doc in examples().items()}
+    bad = docs["TunGateway", "egress"]
+    bad["metadata"]["name"] = "broken"
+    bad["spec"]["excludedCIDRs"] = ["10.96.0.1/12"]
+    await c.apply(GW_PATH, bad)
+    cond = await wait_for("Ready=False", lambda: c.ready(GW, "demo", "broken"))
+    assert cond["status"] == "False" and cond["reason"] == "InvalidSpec"
+    assert (
+        "spec.excludedCIDRs[0]: '10.96.0.1/12' has host bits set (did you mean 10.96.0.0/12?)"
+        in cond["message"]
+    )
+    await wait_for(
+        "a Warning event with the message",
+        lambda: any(e["type"] == "Warning" and "10.96.0.1/12" in e["message"] for e in c.events("demo")),
+    )
+    assert c.obj("v1/secrets", "demo", "tungo-broken") is None  # nothing half-applied
+
+    # The operator still serves other gateways, and the fixed gateway recovers.
+    await apply_examples(c)
+    await wait_for("other gateway rendered", lambda: c.config("demo", "egress"))
+    await c.call(
+        "patch", f"{GW_PATH.format(ns='demo')}/broken", {"spec": {"excludedCIDRs": ["10.96.0.0/12"]}}
+    )
+    await wait_for("fixed gateway rendered", lambda: c.config("demo", "broken"))
+    await wait_for("fixed gateway Ready", lambda: c.ready(GW, "demo", "broken")["status"] == "True")
+
+
+@pytest.mark.parametrize(
+    ("mutate", "reason", "message"),
+    [
+        (lambda d: d["spec"].update(chainRef={"name": "nope"}), "ChainNotFound", "Chain demo/nope not found"),
+        (
+            lambda d: d["spec"]["tun"].update(mtu="big"),
+            "InvalidSpec",
+            "spec.tun.mtu: expected an integer, got string 'big'",
+        ),
+        (lambda d: d["spec"].update(tun=[1]), "InvalidSpec", "spec.tun: expected an object, got list"),
+    ],
+)
+async def test_bad_gateways_each_get_a_clear_status(
+    cluster: Cluster, mutate: Any, reason: str, message: str
+) -> None:
+    c = cluster
+    doc = with_meta(examples()["TunGateway", "egress"], "demo")
+    mutate(doc)
+    await c.apply(GW_PATH, doc)
+    cond = await wait_for("Ready=False", lambda: c.ready(GW, "demo", "egress"))
+    assert (cond["status"], cond["reason"]) == ("False", reason)
+    assert message in cond["message"]
+
+
+async def test_bad_chain_and_missing_secret_then_fixed(cluster: Cluster) -> None:
+    c = cluster
+    docs = {key: with_meta(doc, "demo") for key, doc in examples().items()}
+    chain = docs["Chain", "egress"]
+    chain["spec"]["hops"][0]["nodes"][0]["connector"]["type"] = "vmess"
+    await c.apply(CHAIN_PATH, chain)
+    await c.apply(GW_PATH, docs["TunGateway", "egress"])
+    cond = await wait_for("gateway sees the bad chain", lambda: c.ready(GW, "demo", "egress"))
+    assert cond["reason"] == "InvalidSpec" and "Chain demo/egress is invalid" in cond["message"]
+    assert "unknown value 'vmess'" in cond["message"]
+    chain_cond = await wait_for("chain Ready=False", lambda: c.ready(CHAIN, "demo", "egress"))
+    assert chain_cond["status"] == "False"
+
+    # Fix the chain: now the Secrets are missing, and the gateway says which one.
+    await c.call(
+        "patch", f"{CHAIN_PATH.format(ns='demo')}/egress", {"spec": examples()["Chain", "egress"]["spec"]}
+    )
+    cond = await wait_for(
+        "SecretNotFound",
+        lambda: (r := c.ready(GW, "demo", "egress")) and r["reason"] == "SecretNotFound" and r,
+    )
+    assert (
+        "Secret demo/relay-auth not found" in cond["message"]
+        or "Secret demo/relay-ca not found" in cond["message"]
+    )
+
+    # Creating the Secrets re-renders without touching the gateway.
+    for (kind, _), doc in docs.items():
+        if kind == "Secret":
+            await c.apply(SECRET_PATH, doc)
+    await wait_for("rendered after the Secrets appeared", lambda: c.config("demo", "egress"))
+    await wait_for("Ready=True", lambda: c.ready(GW, "demo", "egress")["status"] == "True")
+
+
+async def test_foreign_secret_is_a_conflict_and_left_alone(cluster: Cluster) -> None:
+    c = cluster
+    foreign = {"metadata": {"name": "tungo-egress", "namespace": "demo"}, "data": {"config.yaml": "bWluZQ=="}}
+    await c.apply(SECRET_PATH, foreign)
+    await apply_examples(c)
+    cond = await wait_for("conflict", lambda: c.ready(GW, "demo", "egress"))
+    assert cond["reason"] == "SecretConflict" and "not managed" not in cond["message"]
+    assert (
+        "Secret demo/tungo-egress already exists and belongs to something other than tungo-operator"
+        in cond["message"]
+    )
+    assert c.config("demo", "egress") == "mine"
+
+
+async def test_injected_pods_are_counted(cluster: Cluster) -> None:
+    c = cluster
+    await apply_examples(c)
+    await wait_for("Ready", lambda: c.ready(GW, "demo", "egress")["status"] == "True")
+    annotations = {"tungo.dev/status": "injected", "tungo.dev/gateway": "egress"}
+    for name in ("app-1", "app-2"):
+        await c.apply(
+            POD_PATH,
+            {
+                "metadata": {
+                    "name": name,
+                    "namespace": "demo",
+                    "uid": name,
+                    "resourceVersion": "1",
+                    "annotations": annotations,
+                }
+            },
+        )
+    await c.apply(POD_PATH, {"metadata": {"name": "plain", "namespace": "demo", "uid": "plain"}})
+    await wait_for("2 pods", lambda: c.obj(GW, "demo", "egress")["status"]["injectedPods"] == 2)
+    await c.call("delete", f"{POD_PATH.format(ns='demo')}/app-1")
+    await wait_for("1 pod", lambda: c.obj(GW, "demo", "egress")["status"]["injectedPods"] == 1)
+
+
+async def test_namespace_selector_writes_and_removes_secrets(cluster: Cluster) -> None:
+    c = cluster
+    for name, labels in (("demo", {}), ("team-a", {"egress": "yes"}), ("team-b", {})):
+        await c.call(
+            "post", "/api/v1/namespaces", {"metadata": {"name": name, "uid": name, "labels": labels}}
+        )
+    docs = {key: with_meta(doc, "demo") for key, doc in examples().items()}
+    docs["TunGateway", "egress"]["spec"]["namespaceSelector"] = {"matchLabels": {"egress": "yes"}}
+    for (kind, _), doc in docs.items():
+        if kind == "Secret":
+            await c.apply(SECRET_PATH, doc)
+    await c.apply(CHAIN_PATH, docs["Chain", "egress"])
+    await c.apply(GW_PATH, docs["TunGateway", "egress"])
+    await wait_for("Secret in team-a", lambda: c.config("team-a", "egress"))
+    assert c.config("team-a", "egress") == c.config("demo", "egress")
+    secret = c.obj("v1/secrets", "team-a", "tungo-egress")
+    assert secret is not None and "ownerReferences" not in secret["metadata"]  # no cross-namespace owners
+    assert c.config("team-b", "egress") is None
+
+    await c.call("patch", "/api/v1/namespaces/team-a", {"metadata": {"labels": {"egress": None}}})
+    await c.call("patch", "/api/v1/namespaces/team-b", {"metadata": {"labels": {"egress": "yes"}}})
+    await wait_for(
+        "moved to team-b", lambda: c.config("team-b", "egress") and c.config("team-a", "egress") is None
+    )
+    await c.call("delete", f"{GW_PATH.format(ns='demo')}/egress")
+    await wait_for(
+        "all removed", lambda: all(c.config(ns, "egress") is None for ns in ("demo", "team-a", "team-b"))
+    )

@@ -12,8 +12,11 @@ import asyncio
 import base64
 import contextlib
 import json
+import os
+import signal
 import socket
 import ssl
+import sys
 import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -318,3 +321,66 @@ async def test_oversized_body_gets_413_and_the_server_keeps_serving(webhook: Web
     status, _ = await webhook.post(b'{"pad": "' + b"x" * (2 * 1024 * 1024) + b'"}')
     assert status == 413
     assert (await webhook.review(load("plain.yaml")))["allowed"] is True
+
+
+async def test_the_tungo_webhook_command_serves_as_in_the_chart(
+    kmock: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`tungo-webhook serve` as a process: kubeconfig login, TUNGO_SIDECAR_* env, liveness, SIGTERM."""
+    monkeypatch.setattr(parsing, "parse_path", _parse_path_with_namespaces)
+    kmock.resources["v1/namespaces"] = kmock_info(False, "Namespace")
+    kmock.resources["v1/pods"] = kmock_info(True, "Pod")  # kopf's webhook needs pods discoverable
+    kmock.resources[f"{c.GROUP}/{c.VERSION}/{c.PLURAL_GATEWAY}"] = kmock_info(True, c.KIND_GATEWAY)
+    ca, crt, key = certs.write(certs.generate(["127.0.0.1"]), tmp_path / "tls")
+    port, live = free_port(), free_port()
+    async with aiohttp.ClientSession() as session:
+        hook = Webhook(
+            f"https://127.0.0.1:{port}/{handlers.HANDLER_ID}",
+            ssl.create_default_context(cafile=str(ca)),
+            session,
+            kmock,
+        )
+        await hook.create("/api/v1/namespaces", namespace("shop"))
+        await hook.create(GATEWAYS.format(ns="shop"), gateway("edge", "shop"))
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [{"name": "kmock", "cluster": {"server": str(kmock.url).rstrip("/")}}],
+                    "users": [{"name": "test", "user": {"token": "t"}}],
+                    "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "test"}}],
+                    "current-context": "kmock",
+                }
+            )
+        )
+        exe = Path(sys.executable).with_name("tungo-webhook")
+        proc = await asyncio.create_subprocess_exec(
+            str(exe),
+            "serve",
+            "--listen=127.0.0.1",
+            f"--port={port}",
+            f"--cert-file={crt}",
+            f"--key-file={key}",
+            f"--liveness=http://127.0.0.1:{live}/healthz",
+            env={
+                "PATH": os.environ["PATH"],
+                "KUBECONFIG": str(kubeconfig),
+                "TUNGO_SIDECAR_IMAGE": "reg.example/t:7",
+            },
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            await _wait_ready(hook)
+            pod = load("plain.yaml")
+            out = patched(pod, await hook.review(pod))
+            assert out["spec"]["initContainers"][0]["image"] == "reg.example/t:7"
+            async with session.get(f"http://127.0.0.1:{live}/healthz") as resp:
+                assert resp.status == 200
+        finally:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+            _, stderr = await asyncio.wait_for(proc.communicate(), timeout=15)
+        assert proc.returncode == 0, stderr.decode()[-2000:]

@@ -1,0 +1,174 @@
+"""What the operator renders is what the sidecar reads: every rendered config goes through the
+sidecar's own ``-C`` loader (``tungo_sidecar.config.yaml_io``) and TUN settings parser, and each
+TunGateway/Chain field must arrive where the sidecar looks for it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tungo_operator.model.chain import parse_chain
+from tungo_operator.model.gateway import parse_gateway
+from tungo_operator.render.config import decode_secret, render_config
+from tungo_sidecar.config import yaml_io
+from tungo_sidecar.config.tun import TunSettings
+from tungo_sidecar.config.validate import insecure_tls_nodes
+
+ROOT = Path(__file__).resolve().parents[3]
+CA = next(
+    doc
+    for doc in yaml.safe_load_all((ROOT / "examples" / "chain.yaml").read_text())
+    if doc["metadata"]["name"] == "relay-ca"
+)
+
+FULL_GATEWAY: dict[str, Any] = {
+    "metadata": {"name": "full", "namespace": "ns"},
+    "spec": {
+        "chainRef": {"name": "two-hops"},
+        "tun": {
+            "name": "tun7",
+            "net": "10.99.0.1/24",
+            "mtu": 9000,
+            "dns": ["10.99.0.53"],
+            "routes": ["0.0.0.0/0", "2001:db8::/32"],
+            "gw": "10.99.0.2",
+            "postUp": ["ip link show tun7"],
+            "postDown": ["ip link show tun7"],
+        },
+        "handler": {"udpTimeout": "1m30s", "sniffing": {"enabled": True, "udp": True, "timeout": "500ms"}},
+        "interface": "eth0",
+        "bypass": {"matchers": ["*.corp.example", "192.0.2.0/24"], "reverse": True},
+        "excludedCIDRs": ["10.96.0.0/12", "fd00:10::/64"],
+    },
+}
+FULL_CHAIN: dict[str, Any] = {
+    "metadata": {"name": "two-hops", "namespace": "ns"},
+    "spec": {
+        "hops": [
+            {
+                "name": "edge",
+                "selector": {"strategy": "rand", "maxFails": 2, "failTimeout": "45s"},
+                "bypass": {"matchers": ["intranet.example"]},
+                "nodes": [
+                    {
+                        "name": "a",
+                        "addr": "edge-a.example:443",
+                        "connector": {
+                            "type": "relay",
+                            "auth": {"secretRef": {"name": "creds"}},
+                            "metadata": {"nodelay": "true"},
+                        },
+                        "dialer": {
+                            "type": "wss",
+                            "tls": {"caSecretRef": {"name": "ca"}},
+                            "ws": {"path": "/t", "host": "cdn.example"},
+                        },
+                    },
+                    {
+                        "name": "b",
+                        "addr": "[2001:db8::7]:8443",
+                        "connector": {"type": "relay"},
+                        "dialer": {"type": "tls", "tls": {"secure": False, "serverName": "edge-b.example"}},
+                    },
+                ],
+            },
+            {
+                "name": "exit",
+                "nodes": [
+                    {
+                        "name": "s",
+                        "addr": "exit.example:1080",
+                        "connector": {
+                            "type": "socks5",
+                            "auth": {"secretRef": {"name": "socks"}, "usernameKey": "u", "passwordKey": "p"},
+                        },
+                        "dialer": {"type": "tcp"},
+                    }
+                ],
+            },
+        ]
+    },
+}
+SECRETS = {
+    "creds": {"username": b"relay-user", "password": b"relay-pass"},
+    "socks": {"u": b"socks-user", "p": b"socks-pass"},
+    "ca": {"ca.crt": decode_secret(CA)["ca.crt"]},
+}
+
+
+def load_rendered(
+    gateway: dict[str, Any], chain: dict[str, Any], secrets: dict[str, dict[str, bytes]]
+) -> Any:
+    rendered = render_config(parse_gateway(gateway), parse_chain(chain), secrets)
+    return yaml_io.load(rendered.config_yaml), rendered
+
+
+def test_full_gateway_arrives_where_the_sidecar_reads_it() -> None:
+    config, rendered = load_rendered(FULL_GATEWAY, FULL_CHAIN, SECRETS)
+    (service,) = config.services
+    assert (service.name, service.handler.type, service.listener.type) == ("full", "tungo", "tungo")
+    assert service.chain == "two-hops"
+    tun = TunSettings.from_service(service)
+    assert tun.name == "tun7" and str(tun.address) == "10.99.0.1/24" and tun.mtu == 9000
+    assert [str(r.dst) for r in tun.routes] == ["0.0.0.0/0", "2001:db8::/32"]
+    assert str(tun.gateway) == "10.99.0.2" and [str(d) for d in tun.dns] == ["10.99.0.53"]
+    assert tun.udp_timeout == 90.0 and tun.interface == "eth0"
+    assert tun.post_up == ("ip link show tun7",) and tun.post_down == ("ip link show tun7",)
+    assert [str(n) for n in tun.excluded] == ["10.96.0.0/12", "fd00:10::/64"]
+    md = service.handler.metadata
+    assert (
+        md.get_bool("sniffing") and md.get_bool("sniffing.udp") and md.get_duration("sniffing.timeout") == 0.5
+    )
+
+    bypasses = {b.name: b for b in config.bypasses}
+    assert service.bypass == "bypass-full" and bypasses["bypass-full"].reverse
+    assert bypasses["bypass-full"].matchers == ("*.corp.example", "192.0.2.0/24")
+
+    chain = config.chain("two-hops")
+    edge, exit_hop = chain.hops
+    assert edge.bypass == "bypass-two-hops-edge" and bypasses["bypass-two-hops-edge"].matchers == (
+        "intranet.example",
+    )
+    assert edge.selector is not None and (
+        edge.selector.strategy,
+        edge.selector.max_fails,
+        edge.selector.fail_timeout,
+    ) == (
+        "rand",
+        2,
+        45.0,
+    )
+    a, b = edge.nodes
+    assert a.connector.auth is not None and (a.connector.auth.username, a.connector.auth.password) == (
+        "relay-user",
+        "relay-pass",
+    )
+    assert a.connector.metadata.get_bool("nodelay")
+    assert (
+        a.dialer.type == "wss"
+        and a.dialer.metadata.get_str("path") == "/t"
+        and a.dialer.metadata.get_str("host") == "cdn.example"
+    )
+    assert a.dialer.tls is not None and a.dialer.tls.secure and a.dialer.tls.server_name == "edge-a.example"
+    assert a.dialer.tls.ca_file == "/etc/tungo/ca-edge-a.pem" and "ca-edge-a.pem" in rendered.files
+    assert b.addr == "[2001:db8::7]:8443" and b.dialer.tls is not None and not b.dialer.tls.secure
+    (s,) = exit_hop.nodes
+    assert (
+        s.connector.type == "socks5"
+        and s.connector.auth is not None
+        and s.connector.auth.password == "socks-pass"
+    )
+    # Only the node the user explicitly marked insecure is reported as such by the sidecar.
+    assert len(insecure_tls_nodes(config)) == 1 and "b" in insecure_tls_nodes(config)[0]
+
+
+@pytest.mark.parametrize("golden", ["examples-config.yaml", "minimal-config.yaml"])
+def test_golden_configs_load_in_the_sidecar(golden: str) -> None:
+    config = yaml_io.load(Path(__file__).parent / "golden" / golden)
+    (service,) = config.services
+    settings = TunSettings.from_service(service)
+    assert settings.mtu == 1420 and settings.udp_timeout == 30.0  # GOST's defaults reach the sidecar
+    assert service.chain is not None and config.chain(service.chain) is not None

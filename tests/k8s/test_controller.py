@@ -141,27 +141,26 @@ async def cluster(
     kmock.resources["v1/namespaces"] = kmock.ResourceInfo(kind="Namespace", namespaced=False, **info)
     kmock.resources["v1/events"] = kmock.ResourceInfo(kind="Event", namespaced=True, **info)
 
-    # The operator runs in its own thread and event loop, like a separate process talking HTTP to the
-    # API server: kopf cancels every task it did not see at start-up when it stops, which would include
-    # the test's own tasks if it shared their loop.
+    async with running_operator(str(kmock.url)):
+        yield Cluster(kmock)
+
+
+@contextlib.asynccontextmanager
+async def running_operator(server: str) -> AsyncIterator[None]:
+    """``main.operate`` in its own thread and event loop, like a separate process talking HTTP to the
+    API server: kopf cancels every task it did not see at start-up when it stops, which would include
+    the test's own tasks if it shared their loop."""
     settings = make_settings()
     settings.scanning.disabled = True  # kmock serves no CRD list to scan
     settings.watching.reconnect_backoff = 0.1
     stop, ready = threading.Event(), threading.Event()
-    server = str(kmock.url)
     failures: list[BaseException] = []
 
     def run() -> None:
         try:
-            asyncio.run(
-                operate(
-                    login=lambda **_: kopf.ConnectionInfo(server=server),
-                    stop_flag=stop,
-                    ready_flag=ready,
-                    settings=settings,
-                )
-            )
-        except BaseException as exc:  # reported by the fixture below
+            login = lambda **_: kopf.ConnectionInfo(server=server)  # noqa: E731
+            asyncio.run(operate(login=login, stop_flag=stop, ready_flag=ready, settings=settings))
+        except BaseException as exc:  # reported below
             failures.append(exc)
 
     thread = threading.Thread(target=run, name="tungo-operator", daemon=True)
@@ -169,7 +168,7 @@ async def cluster(
     loop = asyncio.get_running_loop()
     try:
         assert await loop.run_in_executor(None, ready.wait, WAIT), "operator not ready"
-        yield Cluster(kmock)
+        yield
     finally:
         stop.set()
         await loop.run_in_executor(None, thread.join, WAIT)
@@ -418,3 +417,65 @@ async def test_namespace_selector_writes_and_removes_secrets(cluster: Cluster) -
     await wait_for(
         "all removed", lambda: all(c.config(ns, "egress") is None for ns in ("demo", "team-a", "team-b"))
     )
+
+
+async def test_lost_references_keep_the_last_good_config(cluster: Cluster) -> None:
+    c = cluster
+    await apply_examples(c)
+    good = await wait_for("config Secret", lambda: c.config("demo", "egress"))
+    await wait_for(
+        "Chain counts its gateway", lambda: c.obj(CHAIN, "demo", "egress")["status"]["gateways"] == 1
+    )
+
+    await c.call("delete", f"{SECRET_PATH.format(ns='demo')}/relay-auth")
+    cond = await wait_for(
+        "SecretNotFound",
+        lambda: (r := c.ready(GW, "demo", "egress")) and r["reason"] == "SecretNotFound" and r,
+    )
+    assert cond["status"] == "False" and "Secret demo/relay-auth not found" in cond["message"]
+    assert c.config("demo", "egress") == good  # the sidecars keep running on the last good config
+
+    await c.call("delete", f"{CHAIN_PATH.format(ns='demo')}/egress")
+    cond = await wait_for(
+        "ChainNotFound", lambda: (r := c.ready(GW, "demo", "egress")) and r["reason"] == "ChainNotFound" and r
+    )
+    assert "Chain demo/egress not found: create it or fix spec.chainRef.name" in cond["message"]
+    assert c.config("demo", "egress") == good
+
+
+async def test_chain_status_counts_gateways(cluster: Cluster) -> None:
+    c = cluster
+    docs = await apply_examples(c)
+    second = copy.deepcopy(docs["TunGateway", "egress"])
+    second["metadata"].update(name="egress-2", uid="uid-tungateway-demo-egress-2")
+    await c.apply(GW_PATH, second)
+    await wait_for("2 gateways", lambda: c.obj(CHAIN, "demo", "egress")["status"]["gateways"] == 2)
+    await c.call("delete", f"{GW_PATH.format(ns='demo')}/egress-2")
+    await wait_for("1 gateway", lambda: c.obj(CHAIN, "demo", "egress")["status"]["gateways"] == 1)
+
+
+async def test_restarted_operator_resumes_without_rewriting(
+    kmock: kmock.KubernetesEmulator, cluster: Cluster
+) -> None:
+    c = cluster
+    await apply_examples(c)
+    secret = await wait_for("config Secret", lambda: c.obj("v1/secrets", "demo", "tungo-egress"))
+    await wait_for("Ready", lambda: c.ready(GW, "demo", "egress")["status"] == "True")
+
+    # A second operator process (the first one's replacement after a restart) resumes every object.
+    start = len(list(kmock))
+
+    def since_restart() -> list[Any]:
+        return list(kmock)[start:]
+
+    async with running_operator(str(kmock.url)):
+        await wait_for(
+            "resume re-checks the config Secret",
+            lambda: any(
+                r.method == "GET" and r.url.path.endswith("/secrets/tungo-egress") for r in since_restart()
+            ),
+        )
+    writes = [r for r in since_restart() if r.method in ("POST", "PATCH") and "/secrets" in r.url.path]
+    assert writes == []
+    assert c.obj("v1/secrets", "demo", "tungo-egress") == secret  # same config: nothing rewritten
+    assert c.ready(GW, "demo", "egress")["status"] == "True"

@@ -127,6 +127,7 @@ class Controller:
         self._selecting: set[tuple[str, str]] = set()  # gateways with a namespaceSelector
         self._pod_counts: dict[tuple[str, str], int] = {}
         self._secret_digests: dict[tuple[str, str], str] = {}
+        self._chain_users: dict[tuple[str, str], int] = {}  # last status.gateways written per Chain
 
     # --- reconciling one gateway -------------------------------------------------------------------
 
@@ -181,6 +182,8 @@ class Controller:
                 self._selecting.discard((ns, name))
             count = self.injected_count(ns, name, indices.get("tungo_injected_pods"))
             self._pod_counts[ns, name] = count
+            users = len(_values(indices.get("tungo_gateways_by_chain"), (ns, applied.chain.name)))
+            await self.sync_chain_users(ns, applied.chain.name, users)
             where = ", ".join(applied.namespaces)
             message = (
                 f"config Secret {conventions.config_secret_name(name)} rendered for namespace(s) {where}"
@@ -222,6 +225,12 @@ class Controller:
         await self._patch_status(conventions.PLURAL_GATEWAY, namespace, name, status)
         if error is not None:
             log.warning("TunGateway %s/%s: %s", namespace, name, error)
+
+    async def sync_chain_users(self, namespace: str, chain: str, users: int) -> None:
+        """Keep a Chain's ``status.gateways`` current as gateways come and go (written on change only)."""
+        if self._chain_users.get((namespace, chain)) != users:
+            self._chain_users[namespace, chain] = users
+            await self._patch_status(conventions.PLURAL_CHAIN, namespace, chain, {"gateways": users})
 
     async def _patch_status(self, plural: str, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         await self.api.patch(
@@ -305,7 +314,11 @@ class Controller:
 
         @kopf.on.delete(*GATEWAYS, id="tungo_gateway_deleted", registry=registry)
         async def tungo_gateway_deleted(
-            namespace: str | None, name: str, status: Mapping[str, Any], **_: Any
+            namespace: str | None,
+            name: str,
+            spec: Mapping[str, Any],
+            status: Mapping[str, Any],
+            **kwargs: Any,
         ) -> None:
             namespace = namespace or ""
             served = {namespace, *ctl._served.pop((namespace, name), ()), *(status.get("namespaces") or [])}
@@ -313,6 +326,11 @@ class Controller:
             ctl._pod_counts.pop((namespace, name), None)
             try:
                 await reconcile.remove_gateway(ctl.api, Gateway(namespace, name, chain=""), sorted(served))
+                ref = spec.get("chainRef")
+                chain = ref.get("name") if isinstance(ref, Mapping) else None
+                if isinstance(chain, str):  # the index still holds this gateway until it is gone
+                    users = _values(kwargs.get("tungo_gateways_by_chain"), (namespace, chain))
+                    await ctl.sync_chain_users(namespace, chain, len([u for u in users if u != name]))
             except ApiError as exc:
                 raise kopf.TemporaryError(str(exc), delay=API_RETRY_DELAY) from exc
 
@@ -339,7 +357,7 @@ class Controller:
                     {
                         "observedGeneration": generation,
                         "hops": hops,
-                        "gateways": len(users),
+                        "gateways": len(users),  # also kept current by sync_chain_users
                         "conditions": reconcile.ready_condition(
                             status.get("conditions"),
                             ready=ready,
@@ -349,6 +367,7 @@ class Controller:
                         ),
                     },
                 )
+            ctl._chain_users[namespace, name] = len(users)
             for gateway in users:
                 await ctl.reconcile_by_name(namespace, gateway, kwargs)
             if error is not None:

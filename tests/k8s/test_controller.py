@@ -2,7 +2,20 @@
 
 Objects are created, patched and deleted over HTTP, exactly as kubectl would; the operator watches them,
 writes config Secrets and patches status through the same API. Each test runs its own operator (fresh
-registry) and stops it in the fixture's finalizer. Waits are bounded polls.
+registry, own thread and loop) and stops it in the fixture's finalizer. Waits are bounded polls.
+
+What kmock 0.8 does not do, and how these tests live with it:
+
+* ``/api/v1/namespaces[/NAME]`` (a cluster-scoped resource) makes its path parser fail with HTTP 500:
+  the fixture wraps that parser for exactly those paths (``_parse_path_with_namespaces``).
+* No ``resourceVersion``/``generation``/``uid``: kopf's finalizer JSON patches ``test`` the
+  resourceVersion, so objects are created with a fixed one (and a unique uid, which kopf's indices key
+  on); kopf cannot wait for its own patches to come back, so a handler may run twice for one change
+  (ours are idempotent: the second run writes nothing).
+* No CRD schema validation or defaulting, no status-subresource isolation, no owner-reference garbage
+  collection, ``stringData`` stored as is, label selectors ignored on list/watch.
+* Events are stored by name, and kopf's have only ``generateName``: after the first one, posting gets
+  409 (kopf logs it and goes on), so tests read the POSTed events from kmock's request log instead.
 """
 
 from __future__ import annotations

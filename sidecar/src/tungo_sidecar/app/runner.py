@@ -20,6 +20,7 @@ import signal
 from collections.abc import Callable
 from typing import Protocol
 
+from tungo_sidecar.app import tun_service
 from tungo_sidecar.app.health import HealthService
 from tungo_sidecar.chain.select import first_node
 from tungo_sidecar.config.model import Config, Service
@@ -57,9 +58,9 @@ class HealthReporter(Protocol):
 
 
 #: Builds the TUN data plane service for a ``tungo`` service entry, given the dialer of its chain.
-#: Set by the TUN data plane wiring (``app.tun_service``) once it exists; None means unsupported.
+#: ``app.tun_service`` (tests may swap it); None means unsupported.
 TunServiceFactory = Callable[[Service, Config, FlowDialer], Runnable]
-TUN_SERVICE_FACTORY: TunServiceFactory | None = None
+TUN_SERVICE_FACTORY: TunServiceFactory | None = tun_service.make_tun_service
 
 
 def warn_insecure_tls(config: Config) -> None:
@@ -122,6 +123,11 @@ async def run(
     services = build_services(config)
     if health is not None:
         endpoint = HealthService(health)
+        for service in services:
+            # Services with checks of their own (the TUN service: tun, routes, chain) add them to /readyz.
+            register = getattr(service, "register_readiness", None)
+            if callable(register):
+                register(endpoint.readiness)
         services.insert(0, endpoint)  # up first, so /healthz answers while the rest starts
         reporter = reporter or endpoint
     stop = stop or asyncio.Event()

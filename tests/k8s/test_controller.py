@@ -24,11 +24,13 @@ import asyncio
 import contextlib
 import copy
 import logging
+import socket
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import kmock
 import kopf
 import pytest
@@ -141,6 +143,12 @@ async def cluster(
     kmock: kmock.KubernetesEmulator, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[Cluster]:
     caplog.set_level(logging.INFO)
+    declare_resources(kmock, monkeypatch)
+    async with running_operator(str(kmock.url)):
+        yield Cluster(kmock)
+
+
+def declare_resources(kmock: kmock.KubernetesEmulator, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(kmock_parsing, "parse_path", _parse_path_with_namespaces(kmock_parsing.parse_path))
     info = {"verbs": {"list", "watch", "get", "create", "patch", "delete"}}
     kmock.resources[GW] = kmock.ResourceInfo(
@@ -154,12 +162,11 @@ async def cluster(
     kmock.resources["v1/namespaces"] = kmock.ResourceInfo(kind="Namespace", namespaced=False, **info)
     kmock.resources["v1/events"] = kmock.ResourceInfo(kind="Event", namespaced=True, **info)
 
-    async with running_operator(str(kmock.url)):
-        yield Cluster(kmock)
-
 
 @contextlib.asynccontextmanager
-async def running_operator(server: str) -> AsyncIterator[None]:
+async def running_operator(
+    server: str, *, namespaces: Sequence[str] = (), liveness: str | None = None
+) -> AsyncIterator[None]:
     """``main.operate`` in its own thread and event loop, like a separate process talking HTTP to the
     API server: kopf cancels every task it did not see at start-up when it stops, which would include
     the test's own tasks if it shared their loop."""
@@ -172,7 +179,16 @@ async def running_operator(server: str) -> AsyncIterator[None]:
     def run() -> None:
         try:
             login = lambda **_: kopf.ConnectionInfo(server=server)  # noqa: E731
-            asyncio.run(operate(login=login, stop_flag=stop, ready_flag=ready, settings=settings))
+            asyncio.run(
+                operate(
+                    namespaces=namespaces,
+                    liveness=liveness,
+                    login=login,
+                    stop_flag=stop,
+                    ready_flag=ready,
+                    settings=settings,
+                )
+            )
         except BaseException as exc:  # reported below
             failures.append(exc)
 
@@ -400,6 +416,10 @@ async def test_injected_pods_are_counted(cluster: Cluster) -> None:
     await wait_for("2 pods", lambda: c.obj(GW, "demo", "egress")["status"]["injectedPods"] == 2)
     await c.call("delete", f"{POD_PATH.format(ns='demo')}/app-1")
     await wait_for("1 pod", lambda: c.obj(GW, "demo", "egress")["status"]["injectedPods"] == 1)
+    # A pod that loses its mark stops counting too.
+    unmark = {"metadata": {"annotations": {"tungo.dev/status": None}}}
+    await c.call("patch", f"{POD_PATH.format(ns='demo')}/app-2", unmark)
+    await wait_for("0 pods", lambda: c.obj(GW, "demo", "egress")["status"]["injectedPods"] == 0)
 
 
 async def test_namespace_selector_writes_and_removes_secrets(cluster: Cluster) -> None:
@@ -492,3 +512,38 @@ async def test_restarted_operator_resumes_without_rewriting(
     assert writes == []
     assert c.obj("v1/secrets", "demo", "tungo-egress") == secret  # same config: nothing rewritten
     assert c.ready(GW, "demo", "egress")["status"] == "True"
+
+
+async def test_namespaced_operator_stays_in_its_namespace_and_serves_liveness(
+    kmock: kmock.KubernetesEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    declare_resources(kmock, monkeypatch)
+    with socket.socket() as sock:  # a free port for the liveness endpoint
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    c = Cluster(kmock)
+    async with running_operator(
+        str(kmock.url), namespaces=["demo"], liveness=f"http://127.0.0.1:{port}/healthz"
+    ):
+        docs = {key: with_meta(doc, "demo") for key, doc in examples().items()}
+        docs["TunGateway", "egress"]["spec"]["namespaceSelector"] = {"matchLabels": {"egress": "yes"}}
+        for (kind, _), doc in docs.items():
+            if kind == "Secret":
+                await c.apply(SECRET_PATH, doc)
+        await c.apply(CHAIN_PATH, docs["Chain", "egress"])
+        await c.apply(GW_PATH, docs["TunGateway", "egress"])
+        elsewhere = with_meta(examples()["TunGateway", "egress"], "other")
+        await c.apply(GW_PATH, elsewhere)
+
+        cond = await wait_for(
+            "Ready", lambda: (r := c.ready(GW, "demo", "egress")) and r["status"] == "True" and r
+        )
+        assert "spec.namespaceSelector is ignored: the operator does not run cluster-wide" in cond["message"]
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{port}/healthz") as resp,
+        ):
+            assert resp.status == 200
+        # The gateway in the unwatched namespace was never touched.
+        assert c.obj(GW, "other", "egress") == elsewhere and c.config("other", "egress") is None
+        assert not [r for r in list(kmock) if "/namespaces/other/" in r.url.path and r.method != "POST"]

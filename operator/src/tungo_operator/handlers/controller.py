@@ -5,9 +5,9 @@
 * TunGateway create/update/resume → ``reconcile.apply_gateway`` (render + write the config Secrets),
   then ``status`` (``conditions[Ready]``, ``observedGeneration``, ``configHash``, ``namespaces``,
   ``injectedPods``) and an Event; delete → remove the config Secrets from every namespace served.
-* Chain create/update/resume/delete → the Chain's own status, then a re-render of the gateways using it.
+* Chain create/update/resume (and its DELETED event) → the Chain's status, then a re-render of its gateways.
 * Secret events (except the ones we write) → a re-render of the gateways whose Chain names the Secret.
-* Pod events with ``tungo.dev/status: injected`` → ``status.injectedPods`` of their gateway.
+* Pod events in a served namespace → ``status.injectedPods`` (pods with ``tungo.dev/status: injected``).
 * Namespace events (cluster-wide mode only) → a re-render of gateways with a ``namespaceSelector``.
 
 Lookups between resources use kopf indices (gateways by chain, chains by secret, injected pods by
@@ -226,6 +226,13 @@ class Controller:
         if error is not None:
             log.warning("TunGateway %s/%s: %s", namespace, name, error)
 
+    async def sync_pod_count(self, namespace: str, name: str, pods: Any) -> None:
+        """Write a gateway's ``status.injectedPods`` when the index says it changed."""
+        count = self.injected_count(namespace, name, pods)
+        if self._pod_counts.get((namespace, name)) != count:
+            self._pod_counts[namespace, name] = count
+            await self._patch_status(conventions.PLURAL_GATEWAY, namespace, name, {"injectedPods": count})
+
     async def sync_chain_users(self, namespace: str, chain: str, users: int) -> None:
         """Keep a Chain's ``status.gateways`` current as gateways come and go (written on change only)."""
         if self._chain_users.get((namespace, chain)) != users:
@@ -233,9 +240,15 @@ class Controller:
             await self._patch_status(conventions.PLURAL_CHAIN, namespace, chain, {"gateways": users})
 
     async def _patch_status(self, plural: str, namespace: str, name: str, status: Mapping[str, Any]) -> None:
-        await self.api.patch(
-            custom_path(plural, namespace, name, status=True), {"status": _without_none(status)}
-        )
+        try:
+            await self.api.patch(
+                custom_path(plural, namespace, name, status=True), {"status": _without_none(status)}
+            )
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+            # Deleted while we worked: nothing to report on; whoever depends on it is re-rendered.
+            log.info("%s %s/%s is gone; status not written", plural, namespace, name)
 
     # --- kopf wiring -------------------------------------------------------------------------------
 
@@ -382,12 +395,14 @@ class Controller:
             except ApiError as exc:
                 raise kopf.TemporaryError(str(exc), delay=API_RETRY_DELAY) from exc
 
-        # optional: no finalizer on Chains; gateways learn of a deletion on a best-effort basis.
-        @kopf.on.delete(*CHAINS, optional=True, id="tungo_chain_deleted", registry=registry)
+        # No finalizer on Chains (deleting one must not wait for us): the watch's DELETED event tells
+        # the gateways, which then report ChainNotFound and keep their last good config.
+        @kopf.on.event(*CHAINS, id="tungo_chain_deleted", registry=registry)
         async def tungo_chain_deleted(
-            body: kopf.Body, namespace: str | None, name: str, **kwargs: Any
+            type: str | None, body: kopf.Body, namespace: str | None, name: str, **kwargs: Any
         ) -> None:
-            await chain_changed(body, namespace or "", name, kwargs, deleted=True)
+            if type == "DELETED":
+                await chain_changed(body, namespace or "", name, kwargs, deleted=True)
 
         # --- Secrets the chains reference (never the config Secrets we write ourselves) ---
         @kopf.on.event(
@@ -417,25 +432,9 @@ class Controller:
                     await ctl.reconcile_by_name(namespace, gateway, kwargs)
 
         # --- injected pods → status.injectedPods ---
-        @kopf.on.event(
-            "",
-            "v1",
-            "pods",
-            annotations={conventions.STATUS_ANNOTATION: conventions.STATUS_INJECTED},
-            id="tungo_pod_event",
-            registry=registry,
-        )
-        async def tungo_pod_event(
-            namespace: str | None, annotations: Mapping[str, str], **kwargs: Any
-        ) -> None:
-            gateway = annotations.get(conventions.GATEWAY_ANNOTATION)
-            if not gateway:
-                return
-            owners = [key for key, served in ctl._served.items() if key[1] == gateway and namespace in served]
-            for gw_ns, gw_name in owners:
-                count = ctl.injected_count(gw_ns, gw_name, kwargs.get("tungo_injected_pods"))
-                if ctl._pod_counts.get((gw_ns, gw_name)) != count:
-                    ctl._pod_counts[gw_ns, gw_name] = count
-                    await ctl._patch_status(
-                        conventions.PLURAL_GATEWAY, gw_ns, gw_name, {"injectedPods": count}
-                    )
+        # Every pod event in a served namespace re-counts from the index (in memory; writes only on
+        # change). No annotation filter here: a pod losing its annotation must lower the count too.
+        @kopf.on.event("", "v1", "pods", id="tungo_pod_event", registry=registry)
+        async def tungo_pod_event(namespace: str | None, **kwargs: Any) -> None:
+            for gw_ns, gw_name in [key for key, served in ctl._served.items() if namespace in served]:
+                await ctl.sync_pod_count(gw_ns, gw_name, kwargs.get("tungo_injected_pods"))

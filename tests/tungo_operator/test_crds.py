@@ -126,6 +126,8 @@ def test_crd_defaults_equal_the_model_defaults() -> None:
 
 
 def test_cel_rules_are_declared_where_the_model_checks_the_same() -> None:
+    (name_rule,) = schema_of("tungateways")["x-kubernetes-validations"]
+    assert name_rule["rule"] == f"self.metadata.name.size() <= {conventions.MAX_GATEWAY_NAME}"
     dialer = at(schema_of("chains")["properties"]["spec"], "hops.[].nodes.[].dialer")
     messages = {rule["message"] for rule in dialer["x-kubernetes-validations"]}
     assert messages == {"tls options need dialer type tls or wss", "ws options need dialer type ws or wss"}

@@ -143,3 +143,12 @@ def test_bad_gateway_is_rejected_with_the_field_path(spec: dict[str, Any], messa
 )
 def test_label_selector(selector: dict[str, Any], labels: dict[str, str], expected: bool) -> None:
     assert parse_label_selector(selector, "sel").matches(labels) is expected
+
+
+def test_gateway_name_must_fit_a_label_and_the_secret_name() -> None:
+    doc = copy.deepcopy(BASE)
+    doc["metadata"]["name"] = "g" * 57
+    assert parse_gateway(doc).name == "g" * 57
+    doc["metadata"]["name"] = "g" * 58
+    with pytest.raises(SpecError, match=r"metadata\.name: 'g{58}' is longer than 57 characters"):
+        parse_gateway(doc)

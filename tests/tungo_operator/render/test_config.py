@@ -14,7 +14,7 @@ import yaml
 
 from tungo_operator.model import conventions
 from tungo_operator.model.chain import parse_chain
-from tungo_operator.model.errors import InvalidSecretError, MissingReferenceError
+from tungo_operator.model.errors import InvalidSecretError, MissingReferenceError, SpecError
 from tungo_operator.model.gateway import parse_gateway
 from tungo_operator.render.config import config_secret, decode_secret, render_config
 
@@ -187,3 +187,11 @@ def test_credentials_never_leave_the_rendered_secret() -> None:
     gateway, chain, secrets = example_inputs()
     assert "change-me" not in repr(gateway) + repr(chain)  # the model holds references only
     assert "change-me" in render_config(gateway, chain, secrets).config_yaml
+
+
+def test_oversized_config_is_refused_before_the_api_server_would() -> None:
+    gateway, chain, secrets = example_inputs()
+    pem = secrets["relay-ca"]["ca.crt"]
+    huge = dict(secrets, **{"relay-ca": {"ca.crt": pem * (2 * 1024 * 1024 // len(pem))}})  # a 2 MiB bundle
+    with pytest.raises(SpecError, match=r"the rendered config is \d+ bytes; a Secret holds at most 1 MiB"):
+        render_config(gateway, chain, huge)

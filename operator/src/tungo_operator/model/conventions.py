@@ -61,6 +61,13 @@ MANAGED_BY_LABEL: Final = "app.kubernetes.io/managed-by"
 MANAGED_BY: Final = "tungo-operator"
 
 
+# A gateway's name is a label value (GATEWAY_LABEL, at most 63 characters) and ``tungo-<name>`` must
+# stay a DNS label (at most 63) so it can name volumes too: 63 - len("tungo-") = 57.
+MAX_GATEWAY_NAME: Final = 63 - len(CONFIG_SECRET_PREFIX)
+# The API server refuses Secrets over 1 MiB (data, all keys together).
+MAX_SECRET_BYTES: Final = 1024 * 1024
+
+
 def config_secret_name(gateway: str) -> str:
     """Name of the Secret holding ``gateway``'s rendered config in a pod's namespace."""
     return f"{CONFIG_SECRET_PREFIX}{gateway}"

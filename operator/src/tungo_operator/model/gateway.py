@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from tungo_operator.model import fields
+from tungo_operator.model import conventions, fields
 from tungo_operator.model.chain import Bypass, parse_bypass
 from tungo_operator.model.errors import SpecError
 
@@ -177,6 +177,11 @@ def parse_gateway(body: Mapping[str, object]) -> Gateway:
     """A checked ``Gateway`` from a raw TunGateway body (``SpecError`` naming the field when invalid)."""
     meta = fields.obj(body.get("metadata"), "metadata", allowed=None, required=("name",))
     name = fields.string(meta["name"], "metadata.name")
+    if len(name) > conventions.MAX_GATEWAY_NAME:
+        raise SpecError(
+            f"metadata.name: {name!r} is longer than {conventions.MAX_GATEWAY_NAME} characters "
+            "(it becomes the Secret name tungo-<name> and a label value)"
+        )
     namespace = fields.string(meta.get("namespace", "default"), "metadata.namespace")
     spec = fields.obj(body.get("spec"), "spec", allowed=_SPEC_FIELDS, required=("chainRef",))
     ref = fields.obj(spec["chainRef"], "spec.chainRef", allowed=("name",), required=("name",))

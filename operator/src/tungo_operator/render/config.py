@@ -25,7 +25,7 @@ from cryptography import x509
 
 from tungo_operator.model import conventions
 from tungo_operator.model.chain import Bypass, Chain, Node
-from tungo_operator.model.errors import InvalidSecretError, MissingReferenceError
+from tungo_operator.model.errors import InvalidSecretError, MissingReferenceError, SpecError
 from tungo_operator.model.gateway import Gateway
 from tungo_operator.model.resources import ObjectMeta, SecretRaw
 
@@ -213,6 +213,12 @@ def render_config(gateway: Gateway, chain: Chain, secrets: SecretContents) -> Re
         document, sort_keys=False, allow_unicode=True
     )
 
+    size = sum(len(text.encode()) for text in files.values())
+    if size > conventions.MAX_SECRET_BYTES:  # the API server's limit on a Secret's decoded data
+        raise SpecError(
+            f"the rendered config is {size} bytes; a Secret holds at most 1 MiB: "
+            "use fewer or smaller CA bundles, bypass matchers or nodes"
+        )
     digest = hashlib.sha256()
     for key in sorted(files):
         digest.update(key.encode() + b"\0" + files[key].encode() + b"\0")

@@ -87,7 +87,12 @@ def encode_address(address: Address) -> bytes:
     if isinstance(ip, ipaddress.IPv4Address):
         return bytes([AddressType.IPV4]) + ip.packed + port
     if isinstance(ip, ipaddress.IPv6Address):
-        return bytes([AddressType.IPV6]) + ip.packed + port
+        # As GOST (Go's net.IP.To4): an IPv4-mapped address travels as IPv4; a scoped address
+        # (fe80::1%eth0) is not an IP to Go and travels as a name, so the zone is not lost.
+        if ip.ipv4_mapped is not None:
+            return bytes([AddressType.IPV4]) + ip.ipv4_mapped.packed + port
+        if ip.scope_id is None:
+            return bytes([AddressType.IPV6]) + ip.packed + port
     name = address.host.encode()  # GOST writes the Go string's bytes (UTF-8); IDNA is the dialer's job
     if len(name) > 0xFF:
         raise ValueError(f"domain name of {len(name)} bytes exceeds 255")

@@ -100,3 +100,21 @@ async def test_udp_queue_is_bounded() -> None:
             assert [await session.recv() for _ in range(4)] == [b"0", b"1", b"2", b"3"]
         finally:
             await session.close()
+
+
+async def test_zero_length_datagrams_cross_both_ways() -> None:
+    # asyncio's sendto() drops an empty payload; GOST forwards it, so must we (found against GOST's codec).
+    loop = asyncio.get_running_loop()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+        peer.bind(("127.0.0.1", 0))
+        peer.settimeout(2)
+        session = await DirectDialer().dial_udp(Address("127.0.0.1", peer.getsockname()[1]))
+        try:
+            await session.send(b"")
+            data, addr = await loop.run_in_executor(None, peer.recvfrom, 100)
+            assert data == b""
+            peer.sendto(b"", addr)
+            async with asyncio.timeout(2):
+                assert await session.recv() == b""
+        finally:
+            await session.close()

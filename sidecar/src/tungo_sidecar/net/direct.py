@@ -72,10 +72,13 @@ class _UDPProtocol(asyncio.DatagramProtocol):
 class UDPDatagrams:
     """``Datagrams`` over a connected UDP socket. ``recv`` raises EOFError once closed or refused."""
 
-    __slots__ = ("_closed", "_protocol", "_transport", "peer")
+    __slots__ = ("_closed", "_protocol", "_sock", "_transport", "peer")
 
-    def __init__(self, transport: asyncio.DatagramTransport, protocol: _UDPProtocol, peer: Address) -> None:
+    def __init__(
+        self, transport: asyncio.DatagramTransport, protocol: _UDPProtocol, peer: Address, sock: socket.socket
+    ) -> None:
         self._transport = transport
+        self._sock = sock
         self._protocol = protocol
         self._closed = False
         self.peer = peer
@@ -84,7 +87,7 @@ class UDPDatagrams:
     async def open(cls, sock: socket.socket, peer: Address, queue_size: int = UDP_QUEUE) -> UDPDatagrams:
         loop = asyncio.get_running_loop()
         transport, protocol = await loop.create_datagram_endpoint(lambda: _UDPProtocol(queue_size), sock=sock)
-        return cls(transport, protocol, peer)
+        return cls(transport, protocol, peer, sock)
 
     @property
     def dropped(self) -> int:
@@ -95,6 +98,12 @@ class UDPDatagrams:
         if self._closed or self._transport.is_closing():
             raise EOFError(f"udp {self.peer}: session closed")
         await self._protocol.writable.wait()
+        if not payload:
+            # asyncio's sendto() silently drops an empty payload; a zero-length datagram is valid UDP
+            # and GOST forwards it, so send it on the socket itself (never blocks: nothing to copy).
+            with contextlib.suppress(BlockingIOError):
+                self._sock.send(b"")
+            return
         self._transport.sendto(payload)
 
     async def recv(self) -> bytes:

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import celpy
 import jsonschema
 import kubernetes_validate
 import pytest
@@ -168,3 +169,71 @@ def test_crd_schema_rejects_bad_examples(plural: str, mutate: Any, field: str) -
     with pytest.raises(jsonschema.ValidationError) as info:
         jsonschema.validate(doc, schema_of(plural))
     assert field in "/".join(str(p) for p in info.value.absolute_path)
+
+
+def cel_rules(plural: str) -> list[tuple[str, dict[str, Any]]]:
+    return [
+        (path, rule)
+        for path, node in walk(schema_of(plural))
+        for rule in node.get("x-kubernetes-validations", [])
+    ]
+
+
+def objects_at(doc: Any, path: str) -> list[Any]:
+    """Every value at a schema path (``.spec.hops[].nodes[].dialer``) of a document."""
+    values = [doc]
+    for part in [p for p in path.replace("[]", ".[]").split(".") if p]:
+        if part == "[]":
+            values = [item for value in values for item in value]
+        else:
+            values = [value[part] for value in values if isinstance(value, dict) and part in value]
+    return values
+
+
+def evaluate(rule: str, value: Any) -> bool:
+    env = celpy.Environment()
+    result = env.program(env.compile(rule)).evaluate({"self": celpy.json_to_cel(value)})
+    assert isinstance(result, celpy.celtypes.BoolType), f"{rule}: evaluated to {result!r}, not a boolean"
+    return bool(result)
+
+
+@pytest.mark.parametrize("plural", sorted(CRDS))
+def test_cel_rules_compile_and_hold_for_the_examples(plural: str) -> None:
+    kind = {"chains": "Chain", "tungateways": "TunGateway"}[plural]
+    (doc,) = [d for d in examples() if d["kind"] == kind]
+    checked = 0
+    for path, rule in cel_rules(plural):
+        for value in objects_at(doc, path):
+            assert evaluate(rule["rule"], value), f"{plural}{path}: {rule['rule']} fails on the example"
+            checked += 1
+    assert checked >= 1
+
+
+@pytest.mark.parametrize(
+    ("plural", "path", "value", "message"),
+    [
+        (
+            "chains",
+            ".spec.hops[].nodes[].dialer",
+            {"type": "tcp", "tls": {}},
+            "tls options need dialer type tls or wss",
+        ),
+        (
+            "chains",
+            ".spec.hops[].nodes[].dialer",
+            {"type": "tls", "ws": {}},
+            "ws options need dialer type ws or wss",
+        ),
+        (
+            "tungateways",
+            ".spec.handler.sniffing",
+            {"enabled": False, "udp": True},
+            "sniffing.udp needs sniffing.enabled",
+        ),
+        ("tungateways", ".spec.handler.sniffing", {"udp": True}, "sniffing.udp needs sniffing.enabled"),
+        ("tungateways", "", {"metadata": {"name": "g" * 58}}, "metadata.name must be at most 57 characters"),
+    ],
+)
+def test_cel_rules_refuse_what_the_model_refuses(plural: str, path: str, value: Any, message: str) -> None:
+    (rule,) = [r for p, r in cel_rules(plural) if p == path and r["message"].startswith(message)]
+    assert not evaluate(rule["rule"], value)

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import fcntl
 import os
+import socket
+import termios
 from typing import Any
 
 import pytest
@@ -379,3 +382,48 @@ def test_client_key_is_random_per_connection() -> None:
 
     keys = {ClientProtocol(parse_uri("ws://x/ws")).key for _ in range(4)}
     assert len(keys) == 4 and all(len(base64.b64decode(k)) == 16 for k in keys)
+
+
+async def test_data_before_the_peers_close_frame_survives_a_failed_close_echo() -> None:
+    # Regression: the peer sends its last data frames and a close frame and is gone before our
+    # echo of the close frame can be written. The failed echo (ConnectionResetError from the inner
+    # stream) escaped read() while the data frames were still buffered: the end of a transfer was lost.
+    messages = [os.urandom(20_000) for _ in range(3)]
+    go, sent = asyncio.Event(), asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        key = next(
+            line.split(b":", 1)[1].strip().decode()
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"sec-websocket-key:")
+        )
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + accept_key(key).encode() + b"\r\n\r\n"
+        )
+        await go.wait()  # after the handshake: these frames reach read(), not the handshake
+        frames = b"".join(b"\x82\x7e" + len(m).to_bytes(2, "big") + m for m in messages)
+        writer.write(frames + b"\x88\x02\x03\xe8")  # binary messages, then close (1000)
+        await writer.drain()
+        writer.close()
+        sent.set()
+
+    server = await asyncio.start_server(handle, LOCAL, 0)
+    async with server:
+        raw = await open_tcp(Address(LOCAL, server.sockets[0].getsockname()[1]), timeout=2)
+        stream = await ws.client_handshake(raw, host="test")
+        sock = raw.writer.get_extra_info("socket")
+        go.set()
+        async with asyncio.timeout(5):
+            await sent.wait()
+        # Once our event loop has taken every byte off the socket into the inner stream (a TLS
+        # transport would also close itself at the peer's EOF here, as in the wss demo)...
+        for _ in range(500):
+            if fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0") == b"\0\0\0\0":
+                break
+            await asyncio.sleep(0.01)
+        # ...make every write of ours fail, as if the peer had reset the connection.
+        sock.shutdown(socket.SHUT_WR)
+        assert await read_all(stream) == b"".join(messages)
+        await stream.close()

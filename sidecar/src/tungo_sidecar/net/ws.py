@@ -26,6 +26,7 @@ Callers: ``net.transports``. Never interprets the payload.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Mapping
@@ -83,6 +84,9 @@ class WebSocketStream:
 
     __slots__ = ("_chunks", "_closed", "_eof", "_inner", "_offset", "_protocol", "_send_lock")
 
+    #: ``write_eof`` sends nothing (see the module docstring); ``stream.half_closes`` reads this.
+    half_close = False
+
     def __init__(self, inner: Stream, protocol: Protocol, pending: list[bytes] | None = None) -> None:
         self._inner = inner
         self._protocol = protocol
@@ -138,11 +142,21 @@ class WebSocketStream:
                         self._chunks.append(payload if type(payload) is bytes else bytes(payload))
                 elif event.opcode is CLOSE:
                     self._eof = True
-        await self._flush()  # pongs, the echoed close frame
+        await self._flush_replies()
         exc = protocol.parser_exc
         if exc is not None and not isinstance(exc, EOFError):
             self._eof = True
             raise ProtocolError(f"websocket: {exc}") from exc
+
+    async def _flush_replies(self) -> None:
+        """Send what the protocol answers by itself (pongs, the echoed close frame), best effort.
+
+        A peer that closed (or reset) right after its close frame makes the echo fail, but the data
+        frames that came before it are still ours to deliver: raising from read() would lose the end
+        of a transfer. A really broken connection shows again on the next inner read or write.
+        """
+        with contextlib.suppress(OSError):
+            await self._flush()
 
     async def _flush(self) -> None:
         # Under the lock so frames from read() (pongs) and write() never interleave on the wire.
@@ -263,7 +277,7 @@ async def client_handshake(
     closed = _frames_to_chunks(list(events[events.index(response) + 1 :]), chunks)
     stream._chunks.extend(chunks)
     stream._eof = closed
-    await stream._flush()  # a ping that came with the 101 is answered now, not at the first read
+    await stream._flush_replies()  # a ping that came with the 101 is answered now, not at the first read
     return stream
 
 
@@ -318,5 +332,5 @@ async def server_handshake(
     closed = _frames_to_chunks(events[events.index(request) + 1 :], chunks)
     stream._chunks.extend(chunks)
     stream._eof = closed
-    await stream._flush()  # pongs for pings pipelined behind the request
+    await stream._flush_replies()  # pongs for pings pipelined behind the request
     return stream

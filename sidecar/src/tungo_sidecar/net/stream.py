@@ -73,6 +73,11 @@ class SocketStream:
         await self.writer.start_tls(context, server_hostname=server_hostname)
 
     @property
+    def half_close(self) -> bool:
+        """Whether ``write_eof`` reaches the peer: TCP yes, TLS on this socket no (see ``half_closes``)."""
+        return self.writer.can_write_eof()
+
+    @property
     def peername(self) -> tuple[str, int] | None:
         peer = self.writer.get_extra_info("peername")
         return (peer[0], peer[1]) if peer else None
@@ -81,6 +86,16 @@ class SocketStream:
     def sockname(self) -> tuple[str, int] | None:
         name = self.writer.get_extra_info("sockname")
         return (name[0], name[1]) if name else None
+
+
+def half_closes(stream: Stream) -> bool:
+    """Whether ``stream.write_eof`` reaches the peer as a half-close.
+
+    Streams that know say so with a ``half_close`` attribute (TLS and websocket streams: False; a
+    wrapper: what its inner stream says); a stream without one is assumed to (plain sockets, tests).
+    Proxies use it to end a session at the client's EOF when the upstream could not pass it on.
+    """
+    return bool(getattr(stream, "half_close", True))
 
 
 async def pipe(src: Stream, dst: Stream) -> int:

@@ -30,6 +30,9 @@ class TLSStream:
 
     __slots__ = ("_closed", "_incoming", "_inner", "_outgoing", "_send_lock", "_sslobj")
 
+    #: ``write_eof`` is a no-op (see the module docstring); ``stream.half_closes`` reads this.
+    half_close = False
+
     def __init__(
         self, inner: Stream, context: ssl.SSLContext, *, server_side: bool, server_hostname: str | None
     ):

@@ -14,7 +14,7 @@ from typing import ClassVar, Protocol, TypeVar
 
 from tungo_sidecar.config.model import Plugin
 from tungo_sidecar.errors import ProtocolError
-from tungo_sidecar.net.stream import CHUNK, Datagrams, Stream
+from tungo_sidecar.net.stream import CHUNK, Datagrams, Stream, half_closes
 from tungo_sidecar.proto.address import Address
 
 
@@ -62,6 +62,10 @@ class PrefixedStream:
     def __init__(self, inner: Stream, prefix: bytes) -> None:
         self._inner = inner
         self._prefix = prefix
+
+    @property
+    def half_close(self) -> bool:
+        return half_closes(self._inner)
 
     async def read(self, max_bytes: int = CHUNK) -> bytes:
         if self._prefix:

@@ -28,7 +28,7 @@ from typing import ClassVar
 from tungo_sidecar import errors
 from tungo_sidecar.config.model import Plugin
 from tungo_sidecar.net.connectors.base import HopContext
-from tungo_sidecar.net.stream import CHUNK, Stream
+from tungo_sidecar.net.stream import CHUNK, Stream, half_closes
 from tungo_sidecar.proto import relay
 from tungo_sidecar.proto.address import Address
 
@@ -122,6 +122,10 @@ class RelayStream:
         self._inner = inner
         self._header = header
         self._leftover = leftover
+
+    @property
+    def half_close(self) -> bool:
+        return half_closes(self._inner)
 
     async def read(self, max_bytes: int = CHUNK) -> bytes:
         if self._header.response_due:

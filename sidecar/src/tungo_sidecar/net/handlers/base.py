@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from tungo_sidecar.config.model import Service
 from tungo_sidecar.net.dialer import FlowDialer
-from tungo_sidecar.net.stream import Stream, pipe
+from tungo_sidecar.net.stream import Stream, half_closes, pipe
 
 
 class Handler(Protocol):
@@ -58,11 +58,15 @@ async def proxy_streams(
 ) -> None:
     """Copy bytes both ways between a client and its target, then close both.
 
-    The client may half-close (its EOF is passed on with ``write_eof`` and the answer still flows
-    back), but the session ends as soon as the target side is done: TLS and websocket transports
-    cannot carry a half-close, so an EOF from upstream must become a full close or a chain of hops
-    would wait forever (GOST ends a session at the first EOF either way). ``down`` replaces the
-    plain upstream → client copy (the relay handler maps an upstream refusal there).
+    The client may half-close where the upstream can carry it (its EOF is passed on with
+    ``write_eof`` and the answer still flows back), but the session ends as soon as the target side
+    is done: TLS and websocket transports cannot carry a half-close, so an EOF from upstream must
+    become a full close or a chain of hops would wait forever. For the same reason the client's EOF
+    ends the session when the upstream cannot pass it on (``half_closes``): the target would never
+    hear of it, and a target waiting for more (a keep-alive server, an echo) would pin the session,
+    its sockets and buffers until it timed out. GOST ends a session at the first EOF either way.
+    ``down`` replaces the plain upstream → client copy (the relay handler maps an upstream refusal
+    there).
     """
 
     async def copy_down() -> None:
@@ -72,7 +76,9 @@ async def proxy_streams(
         async with asyncio.TaskGroup() as group:
             up_task = group.create_task(pipe(client, upstream))
             down_task: asyncio.Task[None] = group.create_task(down() if down is not None else copy_down())
-            await asyncio.wait([down_task])
+            ends = [down_task] if half_closes(upstream) else [down_task, up_task]
+            await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
             up_task.cancel()
+            down_task.cancel()
     finally:
         await asyncio.gather(client.close(), upstream.close(), return_exceptions=True)

@@ -27,6 +27,7 @@ from tungo_sidecar.config import url, yaml_io
 from tungo_sidecar.config.model import Config
 from tungo_sidecar.config.validate import check_host, parse_port, quote, split_host_port, validate
 from tungo_sidecar.errors import ConfigError, TungoError
+from tungo_sidecar.net import alloc
 from tungo_sidecar.proto.address import Address
 
 log = logging.getLogger("tungo")
@@ -214,6 +215,9 @@ def _run(invocation: Invocation) -> int:
         return EXIT_FAILED
     config = invocation.config
     log.debug("config: %d service(s), %d chain(s)", len(config.services), len(config.chains))
+    # Before the first big buffer: glibc's dynamic mmap threshold otherwise maps and unmaps every
+    # 256 KiB read buffer (asyncio's TLS buffer per connection, splice chunks), page-faulting each.
+    alloc.tune_malloc()
     try:
         result = asyncio.run(_await(run(config, health=invocation.health)))
     except KeyboardInterrupt:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import fcntl
+import logging
 import os
 import socket
 import termios
@@ -427,3 +428,18 @@ async def test_data_before_the_peers_close_frame_survives_a_failed_close_echo() 
         sock.shutdown(socket.SHUT_WR)
         assert await read_all(stream) == b"".join(messages)
         await stream.close()
+
+
+async def test_per_connection_lines_are_debug_not_info(start_server, caplog) -> None:
+    # websockets logs "connection open" / "connection closed" at INFO: two lines per tunnel on a relay
+    # server. They are demoted to DEBUG (still there with -D); nothing of ours is logged at INFO.
+    caplog.set_level(logging.DEBUG, logger="tungo_sidecar.net.ws")
+    server = await start_server(acceptor("ws", plugin("ws")))
+    stream = await dial("ws", server.port)
+    await stream.write(b"ping")
+    assert await stream.read() == b"ping"
+    await stream.close()
+    await asyncio.sleep(0.05)
+    ours = [r for r in caplog.records if r.name == "tungo_sidecar.net.ws"]
+    assert "connection open" in [r.getMessage() for r in ours]
+    assert [r.getMessage() for r in ours if r.levelno >= logging.INFO] == []

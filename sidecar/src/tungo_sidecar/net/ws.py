@@ -30,6 +30,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Mapping
+from typing import Any
 
 from websockets import frames as _frames
 from websockets import utils as _ws_utils
@@ -51,6 +52,19 @@ log = logging.getLogger(__name__)
 SPEEDUPS = vars(_frames)["apply_mask"] is not _ws_utils.apply_mask  # the fallback lives in websockets.utils
 if not SPEEDUPS:  # pragma: no cover - depends on the installed wheel
     log.warning("websockets C speedups unavailable: websocket masking runs in pure Python (slow)")
+
+
+class _ConnectionLog(logging.LoggerAdapter[logging.Logger]):
+    """The logger handed to websockets' protocol objects, with its per-connection INFO lines
+    ("connection open", "connection closed") demoted to DEBUG: a relay server logged two lines per
+    tunnel, a flood at hundreds of tunnels a second and measurable time per connection. Errors and
+    warnings pass unchanged; ``-D`` shows the demoted lines."""
+
+    def info(self, msg: object, *args: object, **kwargs: Any) -> None:
+        self.debug(msg, *args, **kwargs)
+
+
+_protocol_log = _ConnectionLog(log, {})
 
 #: GOST's default websocket path (dialer and listener).
 DEFAULT_PATH = "/ws"
@@ -241,7 +255,7 @@ async def client_handshake(
         uri = parse_uri(("wss" if secure else "ws") + "://tungo.invalid" + path)
     except Exception as exc:
         raise ConfigError(f"ws path {path!r}: {exc}") from exc
-    protocol = ClientProtocol(uri, max_size=max_message, logger=log)
+    protocol = ClientProtocol(uri, max_size=max_message, logger=_protocol_log)
     request: Request = protocol.connect()
     del request.headers["Host"]
     request.headers["Host"] = host
@@ -295,7 +309,7 @@ async def server_handshake(
     each raises ``ProtocolError`` after the answer is sent.
     """
     extra = _header_items(headers, "ws listener")
-    protocol = ServerProtocol(max_size=max_message, logger=log)
+    protocol = ServerProtocol(max_size=max_message, logger=_protocol_log)
     stream = WebSocketStream(inner, protocol)
     request: Request | None = None
     events: list[object] = []

@@ -249,7 +249,7 @@ class Lab:
             with contextlib.suppress(OSError, subprocess.SubprocessError):
                 proc.stop(signal.SIGTERM, timeout=5)
         for ns in reversed(self.created):
-            sh("ip", "netns", "del", ns, check=False)
+            delete_namespace(ns)
         self.created.clear()
 
 
@@ -259,7 +259,16 @@ def remove_stale_labs() -> None:
         name = line.split(" ", 1)[0]
         match = _NAME.match(name)
         if match and not Path(f"/proc/{match.group(1)}").exists():
-            sh("ip", "netns", "del", name, check=False)
+            delete_namespace(name)
+
+
+def delete_namespace(ns: str) -> None:
+    """Kill what still runs inside ``ns`` (only processes a lab started live there), then delete it:
+    ``ip netns del`` alone would leave such processes running in an unnamed namespace."""
+    for pid in sh("ip", "netns", "pids", ns, check=False).split():
+        with contextlib.suppress(ProcessLookupError, ValueError, PermissionError):
+            os.kill(int(pid), signal.SIGKILL)
+    sh("ip", "netns", "del", ns, check=False)
 
 
 # --- app-side helpers (the demo, the tests and the benchmark act as apps inside the namespaces) -------

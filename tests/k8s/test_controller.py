@@ -547,3 +547,19 @@ async def test_namespaced_operator_stays_in_its_namespace_and_serves_liveness(
         # The gateway in the unwatched namespace was never touched.
         assert c.obj(GW, "other", "egress") == elsewhere and c.config("other", "egress") is None
         assert not [r for r in list(kmock) if "/namespaces/other/" in r.url.path and r.method != "POST"]
+
+
+async def test_secrets_labelled_by_other_tools_are_followed(cluster: Cluster) -> None:
+    c = cluster
+    docs = {key: with_meta(doc, "demo") for key, doc in examples().items()}
+    docs["Secret", "relay-auth"]["metadata"]["labels"] = {"app.kubernetes.io/managed-by": "Helm"}
+    for (kind, _), doc in docs.items():
+        if kind == "Secret":
+            await c.apply(SECRET_PATH, doc)
+    await c.apply(CHAIN_PATH, docs["Chain", "egress"])
+    await c.apply(GW_PATH, docs["TunGateway", "egress"])
+    await wait_for("Ready", lambda: c.ready(GW, "demo", "egress")["status"] == "True")
+    await asyncio.sleep(1.0)  # let kmock's duplicate events settle: only the Secret change may re-render now
+    rotate = {"stringData": {"password": "helm-rotated"}}
+    await c.call("patch", f"{SECRET_PATH.format(ns='demo')}/relay-auth", rotate)
+    await wait_for("re-rendered", lambda: "password: helm-rotated" in c.config("demo", "egress"))

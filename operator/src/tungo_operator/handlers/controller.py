@@ -405,21 +405,23 @@ class Controller:
                 await chain_changed(body, namespace or "", name, kwargs, deleted=True)
 
         # --- Secrets the chains reference (never the config Secrets we write ourselves) ---
-        @kopf.on.event(
-            "",
-            "v1",
-            "secrets",
-            labels={conventions.MANAGED_BY_LABEL: kopf.ABSENT},
-            id="tungo_secret_event",
-            registry=registry,
-        )
+        # Filtered here, not with a kopf label filter: users' Secrets often carry a managed-by label
+        # of their own (Helm, Argo CD...), and those must still trigger a re-render.
+        @kopf.on.event("", "v1", "secrets", id="tungo_secret_event", registry=registry)
         async def tungo_secret_event(
-            type: str | None, body: kopf.Body, namespace: str | None, name: str, **kwargs: Any
+            type: str | None,
+            body: kopf.Body,
+            labels: Mapping[str, str],
+            namespace: str | None,
+            name: str,
+            **kwargs: Any,
         ) -> None:
             namespace = namespace or ""
-            digest = hashlib.sha256(
-                json.dumps([body.get("data"), body.get("stringData")], sort_keys=True).encode()
-            ).hexdigest()
+            chains = sorted(_values(kwargs.get("tungo_chains_by_secret"), (namespace, name)))
+            if labels.get(conventions.MANAGED_BY_LABEL) == conventions.MANAGED_BY or not chains:
+                return
+            data = json.dumps([body.get("data"), body.get("stringData")], sort_keys=True)
+            digest = hashlib.sha256(data.encode()).hexdigest()
             if type == "DELETED":
                 ctl._secret_digests.pop((namespace, name), None)
             else:
@@ -427,7 +429,7 @@ class Controller:
                 ctl._secret_digests[namespace, name] = digest
                 if type is None or seen == digest:
                     return  # initial listing (gateways resume themselves) or no change to the data
-            for chain in sorted(_values(kwargs.get("tungo_chains_by_secret"), (namespace, name))):
+            for chain in chains:
                 for gateway in sorted(_values(kwargs.get("tungo_gateways_by_chain"), (namespace, chain))):
                     await ctl.reconcile_by_name(namespace, gateway, kwargs)
 

@@ -551,7 +551,7 @@ def _mbit(size: int, seconds: float) -> float:
     return size * 8 / seconds / 1e6 if seconds > 0 else 0.0
 
 
-async def tun_demo(lab: Lab, size: int, upload_size: int) -> bool:
+async def tun_demo(lab: Lab, size: int, upload_size: int, keep: float = 0.0) -> bool:
     """Everything after the namespaces exist; True when every check passed."""
     blob = os.urandom(size)
     ok = True
@@ -596,6 +596,12 @@ async def tun_demo(lab: Lab, size: int, upload_size: int) -> bool:
             f"target saw   : {targets.connections} TCP connection(s) from {', '.join(sorted(targets.peers))}"
             f" ({'the relay server only' if from_relay else 'NOT only the relay server'})"
         )
+        if keep > 0:
+            # The lab stays up so a person can look around; Ctrl-C ends it early, cleanly.
+            print(f"keeping      : the lab for {keep:g} s (Ctrl-C to end now); try, in another shell:")
+            print(f"  ip netns exec {lab.pod} ip rule; ip netns exec {lab.pod} ip route show table {TABLE}")
+            print(f"  ip netns exec {lab.pod} curl -s http://{TGT4}:{targets.http_port}/")
+            await asyncio.sleep(keep)
 
         pod_status = pod.stop(signal.SIGTERM)
         server.stop(signal.SIGTERM)
@@ -739,11 +745,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--size", type=_size, default=64 << 20, help="bytes to download (default 64M)")
     parser.add_argument("--upload", type=_size, default=16 << 20, help="bytes to upload (default 16M)")
+    parser.add_argument(
+        "--keep",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="keep the lab up this long after the checks",
+    )
     parser.add_argument("--loopback", action="store_true", help="the earlier socks5 demo on 127.0.0.1")
     parser.add_argument(
         "--transport", default="wss", choices=("tcp", "tls", "ws", "wss"), help="--loopback's relay transport"
     )
     args = parser.parse_args(argv)
+    # Line by line even into a pipe: the summary is what a person (or a test) watches as it happens.
+    with contextlib.suppress(AttributeError, ValueError):
+        sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     if args.loopback:
         try:
             ok = asyncio.run(loopback_demo(args.size, args.transport))
@@ -763,7 +779,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         lab = Lab(Path(tmp))
         try:
             with lab:
-                ok = asyncio.run(asyncio.wait_for(tun_demo(lab, args.size, args.upload), STEP_TIMEOUT * 3))
+                work = tun_demo(lab, args.size, args.upload, args.keep)
+                ok = asyncio.run(asyncio.wait_for(work, STEP_TIMEOUT * 3 + args.keep))
         except KeyboardInterrupt:
             print("demo: interrupted; cleaned up", file=sys.stderr)
             return 130

@@ -37,9 +37,11 @@ FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="kube-tungo" \
       org.opencontainers.image.description="tungo (tun2socks over GOST relay+wss) and its Kubernetes operator" \
       org.opencontainers.image.licenses="Apache-2.0"
-# iproute2: TunGateway postUp/postDown hooks commonly call `ip`.
+# iproute2: TunGateway postUp/postDown hooks commonly call `ip`. nftables: the sidecar's `nft` loads the
+# table that sends replies to inbound connections (kubelet probes, ingress) around the TUN
+# (tungo_sidecar/routing/inbound.py).
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends iproute2 \
+    && apt-get install -y --no-install-recommends iproute2 nftables \
     && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 10001 tungo \
     && useradd --system --uid 10001 --gid 10001 --home-dir /nonexistent --no-create-home \

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBS=(iproute2 iperf3 iputils-ping procps ca-certificates python3 python3-venv python3-dev gcc unzip)
+DEBS=(iproute2 nftables iperf3 iputils-ping procps ca-certificates python3 python3-venv python3-dev gcc unzip)
 missing=()
 for pkg in "${DEBS[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

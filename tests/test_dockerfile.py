@@ -113,7 +113,7 @@ def test_runtime_packages_exist_on_debian_bookworm() -> None:
     final = max(i.stage for i in INSTRUCTIONS)
     (apt,) = [r for r in stage_of(final, "RUN") if "apt-get install" in r]
     packages = apt.split("--no-install-recommends", 1)[1].split("&&", 1)[0].split()
-    assert packages == ["iproute2"]
+    assert packages == ["iproute2", "nftables"]
     for package in packages:  # this machine is Debian 12 (bookworm), like the base image
         result = subprocess.run(["apt-cache", "show", package], capture_output=True, text=True, check=False)
         assert result.returncode == 0 and f"Package: {package}" in result.stdout

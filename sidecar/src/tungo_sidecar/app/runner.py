@@ -25,7 +25,7 @@ from tungo_sidecar.app.health import HealthService
 from tungo_sidecar.chain.select import first_node
 from tungo_sidecar.config.model import Config, Service
 from tungo_sidecar.config.validate import insecure_tls_nodes, service_socket_options
-from tungo_sidecar.errors import ConfigError
+from tungo_sidecar.errors import ConfigError, TungoError
 from tungo_sidecar.net.dialer import FlowDialer
 from tungo_sidecar.net.direct import DirectDialer
 from tungo_sidecar.net.handlers import make_handler
@@ -139,6 +139,7 @@ async def run(
             loop.add_signal_handler(sig, _on_signal, sig, stop)
             handled.append(sig)
     running: list[Runnable] = []
+    stop_errors: list[str] = []
     try:
         for service in services:
             await service.start()
@@ -152,14 +153,20 @@ async def run(
     finally:
         if reporter is not None:
             reporter.set_ready(False, "shutting down")
-        # Stop in reverse order: a TUN service routes into proxy services, never the other way.
-        results = await asyncio.gather(*(s.stop() for s in reversed(running)), return_exceptions=True)
-        for service, result in zip(reversed(running), results, strict=True):
-            if isinstance(result, Exception):
-                log.warning("service %s: error while stopping: %s", service.name, result)
+        # Stop one by one in reverse order: a TUN service routes into proxy services, never the other
+        # way, so it must be gone before the services it feeds. Every service is stopped whatever fails.
+        for service in reversed(running):
+            try:
+                await service.stop()
+            except Exception as exc:
+                log.error("service %s: error while stopping: %s", service.name, exc)
+                stop_errors.append(f"{service.name}: {exc}")
         for sig in handled:
             loop.remove_signal_handler(sig)
         log.info("tungo: stopped")
+    # Reached only on a clean run: a failed stop (postDown, route teardown) must show in the exit status.
+    if stop_errors:
+        raise TungoError("error while stopping: " + "; ".join(stop_errors))
 
 
 def _on_signal(sig: signal.Signals, stop: asyncio.Event) -> None:

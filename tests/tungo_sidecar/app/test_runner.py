@@ -1,0 +1,51 @@
+"""The runner's lifecycle: services stop one by one in reverse start order, all of them even when one
+fails, and a failed stop (a postDown line, a route teardown) shows as an error instead of a clean exit."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tungo_sidecar.app import runner
+from tungo_sidecar.config.model import Config
+from tungo_sidecar.errors import TungoError
+
+
+class Recorded:
+    """A service that records its lifecycle in a shared journal; ``stop`` may fail on purpose."""
+
+    def __init__(self, name: str, journal: list[str], fail_stop: bool = False) -> None:
+        self.name = name
+        self.journal = journal
+        self.fail_stop = fail_stop
+
+    async def start(self) -> None:
+        self.journal.append(f"start {self.name}")
+
+    async def stop(self) -> None:
+        await asyncio.sleep(0)  # a real stop awaits; order must hold across awaits
+        self.journal.append(f"stop {self.name}")
+        if self.fail_stop:
+            raise TungoError(f"postDown of {self.name} failed")
+
+
+async def run_until_started(monkeypatch: pytest.MonkeyPatch, services: list[Recorded]) -> None:
+    monkeypatch.setattr(runner, "build_services", lambda config: list(services))
+    stop = asyncio.Event()
+    async with asyncio.timeout(5):
+        await runner.run(Config(), stop=stop, started=lambda running: stop.set())
+
+
+async def test_services_stop_in_reverse_order_one_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    journal: list[str] = []
+    await run_until_started(monkeypatch, [Recorded("proxy", journal), Recorded("tun", journal)])
+    assert journal == ["start proxy", "start tun", "stop tun", "stop proxy"]
+
+
+async def test_a_failed_stop_is_an_error_and_the_rest_still_stop(monkeypatch: pytest.MonkeyPatch) -> None:
+    journal: list[str] = []
+    services = [Recorded("proxy", journal), Recorded("tun", journal, fail_stop=True)]
+    with pytest.raises(TungoError, match="tun: postDown of tun failed"):
+        await run_until_started(monkeypatch, services)
+    assert journal[-2:] == ["stop tun", "stop proxy"]

@@ -8,6 +8,9 @@ that is not on the pod's link and not excluded (like a node IP), so the pod's re
 the inbound ruleset steers it. Without the ruleset the connection never completes (the SYN-ACK goes
 into the TUN: counted); with it, TCP and UDP are answered on both families, while the pod's own
 connections to that very address still go into the TUN. Teardown leaves no nftables table.
+
+Then the real thing: the ``tungo`` CLI in ``app.demo``'s lab (pod / relay server / target), its
+``/readyz`` probed from the target's addresses as a kubelet would, across a SIGKILL and a restart.
 """
 
 from __future__ import annotations
@@ -22,11 +25,14 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import routing_netns as rn
 from tun_netns import in_netns
 
+from tungo_sidecar.app import demo
+from tungo_sidecar.app.demo import Lab, Targets
 from tungo_sidecar.config.model import Metadata
 from tungo_sidecar.config.tun import TunSettings, parse_tun_settings
 from tungo_sidecar.routing import netfilter
@@ -335,3 +341,67 @@ async def test_loose_rp_filter_needs_nothing(pod: Pod) -> None:
     assert rn.run("ip", "netns", "exec", pod.ns, "sysctl", "-n", "net.ipv4.conf.all.src_valid_mark") == "1\n"
     # The test process's own namespace was not touched (the work ran on a thread of its own).
     assert (await netfilter.fix_reverse_path("tungo", netns=pod.ns)).action == "already set"
+
+
+# --- the real thing: the tungo CLI in a pod namespace, its /readyz probed like a kubelet would -----------
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[Lab]:
+    with Lab(tmp_path) as built:
+        yield built
+
+
+def pod_args() -> list[str]:
+    """The demo's pod command line, with /readyz on every address (a kubelet probes the pod IP)."""
+    args = demo.pod_command()
+    assert args[-2] == "--health"
+    return [*args[:-1], f"0.0.0.0:{demo.HEALTH_PORT}"]
+
+
+async def kubelet_probe(lab: Lab, host: str, wait: float = 5.0) -> str:
+    """GET /readyz from the target namespace (off the pod's link, captured): "200", or the failure."""
+    try:
+        status, _ = await asyncio.wait_for(
+            demo.http_get(lab, lab.tgt, host, demo.HEALTH_PORT, "/readyz"), wait
+        )
+    except TimeoutError:
+        return "timeout"
+    return str(status)
+
+
+async def test_tungo_cli_readyz_answers_a_probe_from_a_captured_address(lab: Lab) -> None:
+    async with Targets(lab, b"") as targets:
+        lab.tungo(lab.srv, "server", *demo.server_command())
+        await demo.wait_listening(lab, lab.pod, demo.SRV_POD4, demo.RELAY_PORT)
+
+        # Without nft (not on PATH): the tunnel works, one warning says what breaks, and it does.
+        pod = lab.spawn(
+            lab.pod, "no-nft", [*demo.tungo_command(), *pod_args()], env={"PATH": "/usr/bin:/bin"}
+        )
+        await demo.wait_ready(lab, pod)
+        assert "'nft' not found" in pod.output()
+        assert await kubelet_probe(lab, demo.POD4, wait=REFUSED_WAIT) == "timeout"
+        assert pod.stop(signal.SIGTERM) == 0
+
+        # With it: the target's probe is answered (IPv4: the health port listens on 0.0.0.0), and the
+        # pod's own connections to that very target still go through the tunnel (it sees the relay).
+        pod = lab.tungo(lab.pod, "pod", *pod_args())
+        await demo.wait_ready(lab, pod)
+        assert nft_tables(lab.pod) == "table inet tungo\ntable arp tungo"
+        assert await kubelet_probe(lab, demo.POD4) == "200"
+        _, writer = await demo.connect(lab, lab.pod, demo.TGT4, targets.echo_port)
+        writer.close()
+        assert await demo.udp_round_trips(lab, lab.pod, demo.TGT6, targets.udp_port, count=2) == 2
+        assert targets.peers and targets.peers <= {demo.SRV_TGT4, demo.SRV_TGT6}, targets.peers
+
+        # SIGKILL leaves the tables (they only send replies back where they came from); a restart
+        # replaces them (no duplicates), a clean stop removes them.
+        pod.stop(signal.SIGKILL)
+        rn.wait_gone(lab.pod, "tungo")
+        left = nft_ruleset(lab.pod)
+        assert left.count("table ") == 2
+        pod = lab.tungo(lab.pod, "pod2", *pod_args())
+        await demo.wait_ready(lab, pod)
+        assert nft_ruleset(lab.pod) == left
+        assert await kubelet_probe(lab, demo.POD4) == "200"
+        assert pod.stop(signal.SIGTERM) == 0
+    assert nft_tables(lab.pod) == ""

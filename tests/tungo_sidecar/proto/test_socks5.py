@@ -254,7 +254,9 @@ def test_bad_udp_headers(wire: bytes, match: str) -> None:
 # Property tests
 
 hosts = st.one_of(
-    st.ip_addresses().map(str),
+    # IPv4-mapped IPv6 addresses travel as IPv4 (as GOST writes them; test_address.py), so they do not
+    # round-trip as the same text: every other address does.
+    st.ip_addresses().filter(lambda ip: getattr(ip, "ipv4_mapped", None) is None).map(str),
     st.text(st.characters(codec="utf-8"), max_size=60).filter(
         lambda h: len(h.encode()) <= 255 and Address(h, 0).ip is None
     ),

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import struct
 import time
 
 import pytest
 
 from tungo_sidecar.errors import DialError
-from tungo_sidecar.net.sockopts import apply_sockopts, open_tcp, open_udp, serve_tcp
+from tungo_sidecar.net.sockopts import ChunkReader, apply_sockopts, open_tcp, open_udp, serve_tcp
 from tungo_sidecar.net.stream import SocketStream
 from tungo_sidecar.proto.address import Address
 
@@ -173,3 +174,96 @@ async def test_serve_tcp_survives_a_failing_handler() -> None:
         second = await open_tcp(Address("127.0.0.1", port), timeout=2)
         assert await second.read() == b"ok"
         await second.close()
+
+
+# --- ChunkReader: the reader behind every SocketStream that sockopts opens or accepts ----------------
+
+
+async def test_streams_use_the_chunk_reader_and_pass_bytes_intact() -> None:
+    payload = bytes(range(256)) * 40_000  # ~10 MiB: many chunks, pauses and resumes on the way
+    received: list[bytes] = []
+
+    async def sink(stream: SocketStream) -> None:
+        assert isinstance(stream.reader, ChunkReader)
+        while data := await stream.read(7 if not received else 300_000):  # tiny reads slice in order
+            received.append(data)
+        await stream.write(b"%d" % sum(map(len, received)))
+
+    server = await serve_tcp("127.0.0.1", 0, sink)
+    async with server:
+        stream = await open_tcp(Address("127.0.0.1", server.sockets[0].getsockname()[1]), timeout=2)
+        assert isinstance(stream.reader, ChunkReader)
+        await stream.write(payload)
+        await stream.write_eof()
+        async with asyncio.timeout(10):
+            assert await stream.read() == b"%d" % len(payload)
+        await stream.close()
+    assert len(received[0]) == 7
+    assert b"".join(received) == payload
+
+
+async def test_chunk_reader_hands_over_chunks_without_copying() -> None:
+    reader = ChunkReader(1024)
+    chunk = bytes(600)
+    reader.feed_data(chunk)
+    assert await reader.read(1000) is chunk  # a chunk that fits is returned as it is
+    reader.feed_data(b"abcdef")
+    assert await reader.read(4) == b"abcd"
+    assert await reader.read(4) == b"ef"
+    reader.feed_data(b"xyz")
+    reader.feed_eof()
+    assert await reader.readexactly(2) == b"xy"
+    with pytest.raises(asyncio.IncompleteReadError) as info:
+        await reader.readexactly(5)
+    assert info.value.partial == b"z"
+    assert reader.at_eof()
+    assert await reader.read(10) == b""
+    with pytest.raises(NotImplementedError):
+        await reader.readline()
+
+
+async def test_chunk_reader_pauses_the_transport_above_twice_its_limit() -> None:
+    limit = 64 * 1024
+    client, server = socket.socketpair()
+    with client, server:
+        client.setblocking(False)
+        reader = ChunkReader(limit)
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_connection(lambda: asyncio.StreamReaderProtocol(reader), sock=client)
+        try:
+            server.sendall(bytes(3 * limit))  # more than 2x the limit arrives unread
+            for _ in range(500):  # the loop reads what arrived, then pauses
+                if not transport.is_reading():
+                    break
+                await asyncio.sleep(0.01)
+            assert not transport.is_reading()
+            got = 0
+            while got < 3 * limit:  # reading it down to the limit resumes the transport
+                got += len(await reader.read(limit))
+            assert transport.is_reading()
+        finally:
+            transport.close()
+
+
+async def test_chunk_reader_reports_a_reset() -> None:
+    accepted: asyncio.Queue[SocketStream] = asyncio.Queue()
+    done = asyncio.Event()
+
+    async def hold(stream: SocketStream) -> None:
+        await accepted.put(stream)
+        await done.wait()
+
+    server = await serve_tcp("127.0.0.1", 0, hold)
+    async with server:
+        stream = await open_tcp(Address("127.0.0.1", server.sockets[0].getsockname()[1]), timeout=2)
+        peer = await accepted.get()
+        sock = peer.writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        peer.writer.transport.abort()  # RST
+        with pytest.raises(ConnectionResetError):
+            async with asyncio.timeout(5):
+                while await stream.read():
+                    pass
+        assert isinstance(stream.reader.exception(), ConnectionResetError)
+        done.set()
+        await stream.close()

@@ -12,10 +12,11 @@ From custom resources to packets, with the operator's real pure code and the sid
    ``command``/``args``/``env``/``volumeMounts``/``securityContext`` and play the kubelet: the config
    Secret's ``data`` becomes files in a temp dir standing in for the ``/etc/tungo`` mount (mode
    ``defaultMode``, laid out like the kubelet's atomic writer: ``..data`` symlink swapped on update),
-   the hostPath ``/dev/net/tun`` is the node's own, and ``setpriv`` applies the user, the capabilities
-   (NET_ADMIN only) and ``no_new_privs``. The ONE rewrite: the mount path prefix ``/etc/tungo`` is
-   replaced by the temp dir, in the argv and in the mounted files' text (the ``caFile`` paths the
-   config names); nothing else is touched. ``command[0]`` (``tungo``) is the venv's console script.
+   the hostPath ``/dev/net/tun`` is the node's own, ``setpriv`` applies the user, the capabilities
+   (NET_ADMIN only) and ``no_new_privs``, and ``unshare`` remounts ``/`` read-only. The ONE rewrite: the
+   mount path prefix ``/etc/tungo`` is replaced by the temp dir, in the argv and in the mounted files'
+   text (the ``caFile`` paths the config names); nothing else is touched. ``command[0]`` (``tungo``) is
+   the venv's console script.
 3. That exact command runs under ``ip netns exec`` in the lab's "pod" namespace (``demo.Lab``: pod,
    relay server, target). The server is the real ``tungo -L relay+wss://user:pass@:8443`` with a
    certificate from the test CA for the example's ``serverName`` (``relay.example.com``), so TLS is
@@ -235,14 +236,19 @@ class Launch:
 
 
 def security_context(ctr: dict[str, Any]) -> list[str]:
-    """The container runtime's part, as far as ``setpriv`` can play it: the user and group, the
+    """The container runtime's part, as far as ``unshare`` and ``setpriv`` can play it: a read-only
+    root filesystem (``/`` remounted read-only in a private mount namespace), the user and group, the
     capabilities (bounding set; nothing inheritable or ambient, as containerd/CRI-O give root) and
-    ``no_new_privs``. Not modelled: the read-only root filesystem and the seccomp profile."""
+    ``no_new_privs``. Not modelled: the seccomp profile."""
     sc = ctr["securityContext"]
     caps = sc["capabilities"]
     assert caps["drop"] == ["ALL"] and sc["privileged"] is False, sc
     added = ",".join("+" + cap.lower() for cap in caps["add"])
-    argv = [
+    argv: list[str] = []
+    if sc.get("readOnlyRootFilesystem"):
+        remount = 'mount -o remount,bind,ro / && exec "$@"'
+        argv += ["unshare", "--mount", "--propagation", "private", "sh", "-c", remount, "sh"]
+    argv += [
         "setpriv",
         f"--reuid={sc['runAsUser']}",
         f"--regid={sc['runAsGroup']}",
@@ -340,6 +346,9 @@ def process_status(pid: int) -> dict[str, str]:
     status = Path(f"/proc/{pid}/status").read_text()
     fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
     fields["cmdline"] = Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+    # mountinfo: "id parent major:minor root mountpoint options ..."; the options of its "/".
+    mounts = [line.split() for line in Path(f"/proc/{pid}/mountinfo").read_text().splitlines()]
+    fields["root"] = next(m[5] for m in mounts if m[4] == "/").split(",")[0]
     return fields
 
 
@@ -395,6 +404,7 @@ def test_injected_spec_and_rendered_config_are_what_the_bridge_runs(tmp_path: Pa
     assert (launch.probe_path, launch.probe_port) == ("/readyz", 9190)
     assert launch.argv[-4:] == ["-C", f"{launch.mount}/config.yaml", "--health", ":9190"]
     assert "--bounding-set=-all,+net_admin" in launch.argv and "--no-new-privs" in launch.argv
+    assert launch.argv[:2] == ["unshare", "--mount"]  # readOnlyRootFilesystem
     # TLS verification is on, with the CA the Secret carried, under the example's serverName.
     config = yaml.safe_load(out.config_yaml)
     (node,) = config["chains"][0]["hops"][0]["nodes"]
@@ -422,6 +432,7 @@ async def test_startup_probe_answers_inside_the_pod(bridge: Bridge) -> None:
     assert "tungo" in fields["cmdline"], fields["cmdline"]
     assert int(fields["CapEff"], 16) == int(fields["CapBnd"], 16) == 1 << CAP_NET_ADMIN, fields["CapEff"]
     assert fields["NoNewPrivs"].strip() == "1" and fields["Uid"].split()[1] == "0"
+    assert fields["root"] == "ro", fields["root"]  # readOnlyRootFilesystem
     # The livenessProbe too, as injected.
     live = bridge.out.sidecar["livenessProbe"]["httpGet"]
     assert await http_get(lab, lab.pod, POD4, int(live["port"]), live["path"]) == 200

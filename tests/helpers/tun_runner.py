@@ -5,6 +5,8 @@ Started by tests/helpers/tun_netns.py (and the TUN measurement script) as
 --stats FILE``. Prints ``READY <json>`` once the device is up, rewrites FILE with the engine's stats
 every 0.2 s, and exits 0 on SIGTERM after a final write. The dialer here is deliberately tiny (a
 marked socket, no chain): it is the stand-in until the chain dialer is wired in by the app.
+``--fail-udp-port P`` makes UDP dials to port P fail as a chain that is down would (``DialError``);
+``--frag-timeout S`` shortens the UDP reassembly timeout.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import sys
 from tungo_sidecar.errors import DialError
 from tungo_sidecar.net.stream import SocketStream, Stream
 from tungo_sidecar.proto.address import Address
+from tungo_sidecar.proto.fragments import FragLimits
 from tungo_sidecar.tun.device import open_tun_async
 from tungo_sidecar.tun.engine import TunEngine
 
@@ -49,8 +52,9 @@ class MarkedDatagrams:
 class MarkedDialer:
     """Plain sockets carrying SO_MARK, so the policy rule keeps them off the TUN."""
 
-    def __init__(self, mark: int) -> None:
+    def __init__(self, mark: int, fail_udp_port: int | None = None) -> None:
         self.mark = mark
+        self.fail_udp_port = fail_udp_port
 
     def _socket(self, target: Address, kind: socket.SocketKind) -> socket.socket:
         family = socket.AF_INET6 if ":" in target.host else socket.AF_INET
@@ -71,6 +75,8 @@ class MarkedDialer:
         return SocketStream(reader, writer)
 
     async def dial_udp(self, target: Address) -> MarkedDatagrams:
+        if target.port == self.fail_udp_port:
+            raise DialError(f"dial udp {target}: chain down (--fail-udp-port)")
         sock = self._socket(target, socket.SOCK_DGRAM)
         try:
             await asyncio.get_running_loop().sock_connect(sock, (target.host, target.port))
@@ -90,7 +96,13 @@ def _dump(engine: TunEngine, path: str) -> None:
 async def _main(args: argparse.Namespace) -> None:
     nets = [ipaddress.ip_interface(n) for n in args.net.split(",")]
     device = await open_tun_async(args.name, args.mtu, nets, offload=not args.no_offload)
-    engine = TunEngine(device, MarkedDialer(args.mark), udp_timeout=args.udp_timeout, dial_timeout=5.0)
+    engine = TunEngine(
+        device,
+        MarkedDialer(args.mark, args.fail_udp_port),
+        udp_timeout=args.udp_timeout,
+        dial_timeout=5.0,
+        frag_limits=FragLimits(timeout=args.frag_timeout),
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -120,6 +132,8 @@ def main() -> None:
     parser.add_argument("--stats")
     parser.add_argument("--udp-timeout", type=float, default=30.0)
     parser.add_argument("--no-offload", action="store_true")
+    parser.add_argument("--fail-udp-port", type=int)
+    parser.add_argument("--frag-timeout", type=float, default=5.0)
     args = parser.parse_args()
     log_format = "runner %(levelname)s %(name)s: %(message)s"
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=log_format)

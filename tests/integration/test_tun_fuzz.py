@@ -3,7 +3,8 @@ reason while a TCP flow through the same engine keeps working.
 
 The packets enter the engine the way any packet from the pod does: sent on the TUN interface (an
 AF_PACKET socket in the pod namespace), so the kernel queues them to the device and the engine reads
-them. None of them can open a flow: no SYNs, no well-formed UDP.
+them. None of them can open a flow: no SYNs, no well-formed UDP, no UDP fragments that complete (those
+never completed are counted when the 5 s reassembly timeout abandons them).
 """
 
 from __future__ import annotations
@@ -50,16 +51,36 @@ def craft(rng: random.Random, target4: str, target6: str) -> list[tuple[str, byt
         out.append(("bad_length", bytes(pkt)))
     for _ in range(800):  # header length below 5 words or beyond the packet
         out.append(("bad_header", bytes(IP(src=TUN4, dst=target4, ihl=rng.choice((0, 1, 4, 15))) / TCP())))
-    for _ in range(1000):  # fragments, both families
-        if rng.random() < 0.5:
-            frag = IP(
-                src=TUN4, dst=target4, flags="MF" if rng.random() < 0.5 else 0, frag=rng.randrange(0, 100)
+    idents = iter(range(1, 1 << 16))  # a datagram of its own for every fragment: none can combine
+    for _ in range(1000):  # fragments, both families: refused on sight, or held and never completed
+        choice, ident = rng.randrange(6), next(idents)
+        if choice == 0:  # not UDP: only UDP is reassembled
+            proto = rng.choice((6, 1, 47))
+            frag = IP(src=TUN4, dst=target4, proto=proto, flags="MF", id=ident) / (b"t" * 16)
+            out.append(("fragment", bytes(frag)))
+        elif choice == 1:
+            out.append(
+                ("fragment", bytes(IPv6(src=TUN6, dst=target6) / IPv6ExtHdrFragment(id=ident) / TCP()))
             )
-            if frag.flags == 0 and frag.frag == 0:
-                frag.frag = 1
-            out.append(("fragment", bytes(frag / UDP(dport=port()) / b"frag")))
+        elif choice == 2:  # a first fragment too short for the UDP header (RFC 1858 / RFC 7112)
+            frag = IP(src=TUN4, dst=target4, proto=17, flags="MF", id=ident) / rng.randbytes(
+                rng.randrange(1, 8)
+            )
+            out.append(("frag_tiny", bytes(frag)))
+        elif choice == 3:  # not the last fragment, yet not a multiple of 8 bytes
+            odd = rng.randbytes(8 * rng.randrange(1, 20) + rng.randrange(1, 8))
+            header = IPv6ExtHdrFragment(nh=17, m=1, offset=rng.randrange(1, 500), id=ident)
+            out.append(("frag_bad", bytes(IPv6(src=TUN6, dst=target6) / header / odd)))
+        elif choice == 4:  # would end past the 65,535-byte limit
+            frag = IP(src=TUN4, dst=target4, proto=17, frag=8189, id=ident) / (b"b" * 40)
+            out.append(("frag_too_big", bytes(frag)))
+        elif ident % 5 == 0:  # held, never completed (kept under the 256 partial datagrams cap)
+            frag = (
+                IP(src=TUN4, dst=target4, flags="MF", id=ident) / UDP(dport=port(), len=4000) / (b"h" * 1000)
+            )
+            out.append(("frag_timeout", bytes(frag)))
         else:
-            out.append(("fragment", bytes(IPv6(src=TUN6, dst=target6) / IPv6ExtHdrFragment() / UDP() / b"f")))
+            out.append(("frag_tiny", bytes(IP(src=TUN4, dst=target4, proto=17, flags="MF", id=ident))))
     for _ in range(1000):  # other transports and IPv6 extension headers
         choice = rng.randrange(4)
         if choice == 0:

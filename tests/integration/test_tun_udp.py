@@ -61,13 +61,20 @@ async def test_udp_echo(tun_pod: TunPod, family: str) -> None:
     before = tun_pod.fresh_stats()
     async with udp_echo(tun_pod) as port:
         with _client(tun_pod, host) as sock:
-            # Up to a full MTU (1420) of IPv6 + UDP; bigger ones leave the app's kernel fragmented.
-            for index, size in enumerate((0, 1, 100, 1352)):
-                payload = bytes([index]) * size
+            # Up to a full MTU (1420) of IPv6 + UDP, then datagrams the app's kernel fragments (reassembled
+            # by the engine) whose replies the engine writes back as fragments (reassembled by the kernel).
+            for index, size in enumerate((0, 1, 100, 1352, 4000, 60000)):
+                payload = (bytes([index]) + bytes(range(256)) * 235)[
+                    :size
+                ]  # varied bytes: a misplaced fragment shows
                 assert await _exchange(sock, host, port, payload) == b"echo:" + payload
     after = tun_pod.fresh_stats()
     assert after["udp_sessions"] - before["udp_sessions"] == 1  # one flow, one session
-    assert after["udp_datagrams_down"] - before["udp_datagrams_down"] == 4
+    assert after["udp_datagrams_down"] - before["udp_datagrams_down"] == 6
+    assert after["udp_reassembled"] - before["udp_reassembled"] == 2  # 4,000 and 60,000 bytes
+    assert after["udp_replies_fragmented"] - before["udp_replies_fragmented"] == 2
+    assert after["frag_partials"] == 0 and after["frag_bytes"] == 0
+    assert sum(after["drops"].values()) - sum(before["drops"].values()) <= 5  # the kernel's own (MLD...)
 
 
 async def test_udp_flows_are_separate_sessions(tun_pod: TunPod) -> None:

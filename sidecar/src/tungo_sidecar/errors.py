@@ -16,6 +16,7 @@ class they can act on. Always chain (``raise X(...) from exc``) so the cause sta
     │   ├── RelayTimeout (4)            └── RelayInternalServerError (8)
     ├── ProxyRefusedError           a socks5/http proxy refused (auth or connect), with its reply code
     ├── DialError                   could not reach a node or a target (refused, unreachable, timeout)
+    │   └── RouteRefusedError       the route decision left the flow no dialer (policy refusal)
     └── TunError                    TUN device or routing could not be set up
 """
 
@@ -122,6 +123,11 @@ class ProxyRefusedError(TungoError):
 
 class DialError(TungoError):
     """A node or target could not be reached (refused, unreachable, timed out, TLS failed)."""
+
+
+class RouteRefusedError(DialError):
+    """The route decision gave a flow a path with no dialer (``direct`` and no direct dialer): refused by
+    policy, which the TUN engine tells the app as "administratively prohibited"."""
 
 
 class TunError(TungoError):

@@ -8,8 +8,8 @@ import struct
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scapy.layers.inet import IP, TCP, UDP
-from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment
+from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, UDPerror, defragment
+from scapy.layers.inet6 import ICMPv6DestUnreach, IPv6, IPv6ExtHdrFragment, defragment6
 from scapy.packet import Raw
 
 from tungo_sidecar.proto import packet as p
@@ -197,3 +197,139 @@ def test_builders_reject_bad_input() -> None:
         p.build_udp(_v4("1.1.1.1"), _v4("2.2.2.2"), 1, 2, bytes(70000))
     with pytest.raises(ValueError, match=r"4 \(IPv4\) or 16"):
         p.build_tcp(b"\x01", b"\x02", 1, 2, seq=0, ack=0, flags=0)
+
+
+# --- ICMP destination unreachable ---------------------------------------------------------------------
+def _recheck_v4(pkt: IP) -> None:
+    """The IP and ICMP checksums scapy computes from scratch equal the ones we wrote."""
+    again = pkt.copy()
+    del again.chksum, again[ICMP].chksum
+    rebuilt = IP(bytes(again))
+    assert (rebuilt.chksum, rebuilt[ICMP].chksum) == (pkt.chksum, pkt[ICMP].chksum)
+
+
+@pytest.mark.parametrize(
+    ("reason", "code"), [(p.Unreachable.HOST, 1), (p.Unreachable.NET, 0), (p.Unreachable.PROHIBITED, 13)]
+)
+def test_unreachable_v4_verified_by_scapy(reason: p.Unreachable, code: int) -> None:
+    offending = bytes(IP(src="192.168.123.1", dst="198.19.77.2", id=77) / UDP(sport=40000, dport=53) / b"q")
+    pkt = IP(p.build_unreachable(offending, reason))
+    assert (pkt.src, pkt.dst, pkt.proto) == ("198.19.77.2", "192.168.123.1", 1)
+    assert (pkt[ICMP].type, pkt[ICMP].code) == (3, code)
+    assert bytes(pkt[ICMP].payload) == offending  # short packets are quoted whole
+    assert (pkt[IPerror].id, pkt[UDPerror].sport, pkt[UDPerror].dport) == (77, 40000, 53)
+    _recheck_v4(pkt)
+
+
+def test_unreachable_v4_quotes_at_most_576_bytes_and_takes_a_source() -> None:
+    offending = bytes(IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=1, dport=2) / (b"z" * 3000))
+    wire = p.build_unreachable(offending, p.Unreachable.HOST, src=_v4("192.168.123.2"))
+    assert len(wire) == 576
+    pkt = IP(wire)
+    assert pkt.src == "192.168.123.2"
+    assert wire[28:] == offending[: 576 - 28]  # quoted byte for byte (scapy re-serialises a cut quote)
+    _recheck_v4(pkt)
+
+
+@pytest.mark.parametrize(
+    ("reason", "code"), [(p.Unreachable.HOST, 3), (p.Unreachable.NET, 0), (p.Unreachable.PROHIBITED, 1)]
+)
+def test_unreachable_v6_verified_by_scapy(reason: p.Unreachable, code: int) -> None:
+    offending = bytes(IPv6(src="fd00:123::1", dst="fd77::2") / UDP(sport=40000, dport=53) / (b"q" * 5000))
+    wire = p.build_unreachable(offending, reason)
+    assert len(wire) == 1280  # RFC 4443 §2.4(c): never more than the minimum IPv6 MTU
+    pkt = IPv6(wire)
+    assert (pkt.src, pkt.dst, pkt.nh, pkt.plen) == ("fd77::2", "fd00:123::1", 58, 1240)
+    assert (pkt[ICMPv6DestUnreach].type, pkt[ICMPv6DestUnreach].code) == (1, code)
+    assert (pkt[UDPerror].sport, pkt[UDPerror].dport) == (40000, 53)
+    assert wire[48:] == offending[:1232]
+    again = pkt.copy()
+    del again[ICMPv6DestUnreach].cksum  # scapy recomputes it with the IPv6 pseudo-header
+    assert IPv6(bytes(again))[ICMPv6DestUnreach].cksum == pkt[ICMPv6DestUnreach].cksum
+
+
+def test_unreachable_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="no offending"):
+        p.build_unreachable(b"", p.Unreachable.HOST)
+    with pytest.raises(ValueError, match="at least 8"):
+        p.build_unreachable(bytes(IP(dst="10.0.0.2", proto=17))[:24], p.Unreachable.HOST)
+    with pytest.raises(ValueError, match="at least 8"):
+        p.build_unreachable(bytes(IPv6(dst="fd00::2"))[:44], p.Unreachable.HOST)
+    with pytest.raises(ValueError, match="version 7"):
+        p.build_unreachable(b"\x70" + bytes(60), p.Unreachable.HOST)
+    with pytest.raises(ValueError, match="4-byte source"):
+        p.build_unreachable(bytes(IP(dst="10.0.0.2") / UDP()), p.Unreachable.HOST, src=_v6("::1"))
+    with pytest.raises(ValueError, match="16-byte source"):
+        p.build_unreachable(bytes(IPv6(dst="fd00::2") / UDP()), p.Unreachable.HOST, src=_v4("1.1.1.1"))
+
+
+@pytest.mark.parametrize(
+    ("offending", "allowed"),
+    [
+        (IP(src="192.168.123.1", dst="198.19.77.2") / UDP(), True),
+        (IP(src="192.168.123.1", dst="224.0.0.251") / UDP(), False),  # multicast destination
+        (IP(src="192.168.123.1", dst="255.255.255.255") / UDP(), False),  # limited broadcast
+        (IP(src="0.0.0.0", dst="198.19.77.2") / UDP(), False),  # no host to answer
+        (IP(src="127.0.0.1", dst="198.19.77.2") / UDP(), False),
+        (IP(src="192.168.123.1", dst="198.19.77.2", frag=10) / UDP(), False),  # not the first fragment
+        (IPv6(src="fd00:123::1", dst="fd77::2") / UDP(), True),
+        (IPv6(src="fe80::1", dst="fe80::2") / UDP(), True),
+        (IPv6(src="fd00:123::1", dst="ff02::fb") / UDP(), False),
+        (IPv6(src="::", dst="fd77::2") / UDP(), False),
+        (IPv6(src="::1", dst="fd77::2") / UDP(), False),
+    ],
+)
+def test_error_allowed(offending: IP, allowed: bool) -> None:
+    assert p.error_allowed(bytes(offending)) is allowed
+
+
+def test_error_allowed_on_garbage() -> None:
+    assert not p.error_allowed(b"")
+    assert not p.error_allowed(b"\x60" + bytes(30))  # IPv6 shorter than its header
+    assert not p.error_allowed(b"\x90" + bytes(60))
+
+
+# --- fragmenting replies --------------------------------------------------------------------------------
+def test_fragment_v4_reassembled_by_scapy() -> None:
+    whole = p.build_udp(_v4("198.19.77.2"), _v4("192.168.123.1"), 7, 40000, bytes(range(256)) * 40)
+    pieces = p.fragment(whole, 1420, 0x1234)
+    assert len(pieces) == 8 and all(len(piece) <= 1420 for piece in pieces)
+    parsed = [IP(bytes(piece)) for piece in pieces]
+    for index, frag in enumerate(parsed):
+        assert frag.id == 0x1234 and bool(frag.flags.MF) is (index < 7) and not frag.flags.DF
+        again = frag.copy()
+        del again.chksum
+        assert IP(bytes(again)).chksum == frag.chksum
+    assert [frag.frag * 8 for frag in parsed] == [1400 * i for i in range(8)]
+    rebuilt = defragment(parsed)[0]
+    assert bytes(rebuilt[UDP].payload) == bytes(range(256)) * 40
+    assert rebuilt[UDP].chksum == IP(bytes(whole))[UDP].chksum
+
+
+def test_fragment_v6_reassembled_by_scapy() -> None:
+    payload = b"0123456789abcdef" * 3750  # 60,000 bytes
+    whole = p.build_udp(_v6("fd77::2"), _v6("fd00:123::1"), 7, 40000, payload)
+    pieces = p.fragment(whole, 1420, 0xDEADBEEF)
+    assert all(len(piece) <= 1420 for piece in pieces) and len(pieces) == 44
+    parsed = [IPv6(bytes(piece)) for piece in pieces]
+    assert all(frag[IPv6ExtHdrFragment].id == 0xDEADBEEF for frag in parsed)
+    assert all(frag[IPv6ExtHdrFragment].nh == 17 for frag in parsed)
+    assert [frag[IPv6ExtHdrFragment].m for frag in parsed] == [1] * 43 + [0]
+    rebuilt = defragment6(parsed)
+    assert bytes(rebuilt[UDP].payload) == payload
+    again = rebuilt.copy()
+    del again[UDP].chksum
+    assert IPv6(bytes(again))[UDP].chksum == rebuilt[UDP].chksum
+
+
+def test_fragment_leaves_small_packets_alone_and_rejects_bad_input() -> None:
+    small = p.build_udp(_v4("1.1.1.1"), _v4("2.2.2.2"), 1, 2, b"x")
+    assert p.fragment(small, 1420, 1) == [small]
+    with pytest.raises(ValueError, match="without options"):
+        p.fragment(_raw(IP(options=b"\x01\x01\x01\x00") / UDP() / bytes(100)), 60, 1)
+    with pytest.raises(ValueError, match="no room"):
+        p.fragment(bytes(IP() / UDP() / bytes(100)), 27, 1)
+    with pytest.raises(ValueError, match="no room"):
+        p.fragment(bytes(IPv6() / UDP() / bytes(100)), 55, 1)
+    with pytest.raises(ValueError, match="version 0"):
+        p.fragment(bytes(200), 100, 1)

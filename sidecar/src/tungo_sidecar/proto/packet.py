@@ -2,11 +2,12 @@
 
 Owns the byte layout of IPv4/IPv6/TCP/UDP headers, the virtio-net header that precedes each packet
 when the TUN is opened with ``IFF_VNET_HDR``, and the ones'-complement arithmetic the NAT needs.
-Called by ``tun.nat`` (hot path: one call per packet), ``tun.udp`` (building reply datagrams) and the
-tests. Pure functions over ``bytearray``/``memoryview``; never imports asyncio or sockets, never
-copies or allocates a packet on the hot path (``ip_l4_offset``, ``csum_update_*``, ``be16``), and
-never raises on bad input there: validation returns a negative ``Drop`` code instead, so a hostile
-packet costs one counter increment.
+Called by ``tun.nat`` (hot path: one call per packet), ``tun.udp`` (building reply datagrams, their
+fragments when larger than the MTU, and ICMP/ICMPv6 destination unreachable answers),
+``proto.fragments`` (reassembly) and the tests. Pure functions over ``bytearray``/``memoryview``;
+never imports asyncio or sockets, never copies or allocates a packet on the hot path (``ip_l4_offset``,
+``csum_update_*``, ``be16``), and never raises on bad input there: validation returns a negative
+``Drop`` code instead, so a hostile packet costs one counter increment.
 
 Checksum facts the NAT relies on (RFC 1071 / RFC 1624):
 
@@ -99,12 +100,21 @@ class Drop(IntEnum):
     BAD_VERSION = 2  # neither IPv4 nor IPv6
     BAD_HEADER = 3  # IPv4 IHL < 5 or past the end; TCP data offset < 5 or past the end
     BAD_LENGTH = 4  # IP total/payload length or UDP length disagrees with the bytes read
-    FRAGMENT = 5  # IPv4 fragment or IPv6 fragment header: cannot be NATed without reassembly
+    FRAGMENT = 5  # a fragment of something other than UDP (only UDP is reassembled: tun.engine)
     UNSUPPORTED = 6  # another transport (ICMP, SCTP...) or an IPv6 extension header
     NO_SESSION = 7  # TCP that is not a SYN and matches no session (or a reply to an unknown port)
     NOT_FOR_US = 8  # addressed to the NAT side but not from our listener / to our NAT address
     SESSION_LIMIT = 9  # every NAT port is in use
     BAD_VNET = 10  # virtio header asks for something we do not do (e.g. checksum at a wrong place)
+    # UDP fragments (proto.fragments). A fragment held for reassembly is counted only once its datagram
+    # is abandoned, under the reason that abandoned it, so every packet read is counted exactly once.
+    FRAG_TINY = 11  # a first fragment too short to hold the whole UDP header (RFC 1858, RFC 7112)
+    FRAG_BAD = 12  # a non-final fragment not a multiple of 8 bytes, empty, or ends that disagree
+    FRAG_OVERLAP = 13  # overlaps another fragment of its datagram: the whole datagram (RFC 5722)
+    FRAG_DUPLICATE = 14  # exactly repeats a fragment already held (dropped alone, RFC 8200 §4.5)
+    FRAG_TIMEOUT = 15  # its datagram was not complete in time
+    FRAG_LIMIT = 16  # over the caps: too many fragments, partial datagrams or buffered bytes
+    FRAG_TOO_BIG = 17  # reassembled, it would exceed the 65,535-byte IP length
 
 
 # --- hot-path field access ---------------------------------------------------------------------------
@@ -278,3 +288,159 @@ def ip_addresses(buf: bytearray | memoryview, off: int) -> tuple[bytes, bytes]:
     if buf[off] >> 4 == 4:
         return bytes(buf[off + 12 : off + 16]), bytes(buf[off + 16 : off + 20])
     return bytes(buf[off + 8 : off + 24]), bytes(buf[off + 24 : off + 40])
+
+
+# --- ICMP destination unreachable (fail-closed answers to UDP flows that cannot be dialled) -----------
+ICMP4_DEST_UNREACH = 3
+ICMP6_DEST_UNREACH = 1
+ICMP_HDR_LEN = 8
+#: How much of the offending packet an error quotes: as much as fits a 576-byte IPv4 datagram (RFC 1812
+#: §4.3.2.3; RFC 1122 §3.2.2 asks for at least the IP header + 8 bytes) or the 1,280-byte IPv6 minimum
+#: MTU (RFC 4443 §2.4(c)).
+ICMP4_QUOTE_MAX = 576 - IPV4_HDR_LEN - ICMP_HDR_LEN
+ICMP6_QUOTE_MAX = 1280 - IPV6_HDR_LEN - ICMP_HDR_LEN
+
+
+class Unreachable(IntEnum):
+    """Why a flow cannot be delivered, as the caller knows it; ``UNREACHABLE_CODES`` gives the ICMP code.
+
+    * ``NET``: the far end has no route (a relay answered "network unreachable").
+    * ``HOST``: the path to the destination failed (chain down, dial error, timeout, "host unreachable").
+    * ``PROHIBITED``: a policy refused the flow (the route decision, or a relay's "forbidden").
+    """
+
+    NET = 0
+    HOST = 1
+    PROHIBITED = 2
+
+
+#: (IPv4 code, IPv6 code) of ICMP type 3 / ICMPv6 type 1 per reason. IPv4: 0 net unreachable, 1 host
+#: unreachable (RFC 792), 13 communication administratively prohibited (RFC 1812 §5.2.7.1). IPv6 (RFC
+#: 4443 §3.1): 0 "no route to destination", 3 "address unreachable" for "any other reason ... a
+#: link-specific problem" (a chain that is down is that link), 1 "administratively prohibited".
+UNREACHABLE_CODES: dict[Unreachable, tuple[int, int]] = {
+    Unreachable.NET: (0, 0),
+    Unreachable.HOST: (1, 3),
+    Unreachable.PROHIBITED: (13, 1),
+}
+
+_ICMP = struct.Struct("!BBHI")
+
+
+def error_allowed(offending: bytes | bytearray | memoryview) -> bool:
+    """Whether an ICMP error may answer the IP packet ``offending`` (RFC 1122 §3.2.2, RFC 4443 §2.4(e)).
+
+    Never about a packet to a multicast or broadcast address, nor from an address that does not name one
+    host (unspecified, multicast, loopback, limited broadcast), nor a non-initial fragment.
+    """
+    if len(offending) < IPV4_HDR_LEN:
+        return False
+    version = offending[0] >> 4
+    if version == 4:
+        src, dst = bytes(offending[12:16]), bytes(offending[16:20])
+        if (offending[6] << 8 | offending[7]) & 0x1FFF:  # fragment offset: not the first fragment
+            return False
+        # Multicast, class E and the limited broadcast (first byte >= 224), loopback, unspecified.
+        return all(addr[0] < 224 and addr[0] != 127 and addr != b"\x00" * 4 for addr in (src, dst))
+    if version == 6 and len(offending) >= IPV6_HDR_LEN:
+        src, dst = bytes(offending[8:24]), bytes(offending[24:40])
+        loopback = b"\x00" * 15 + b"\x01"
+        return dst[0] != 0xFF and src[0] != 0xFF and src not in (b"\x00" * 16, loopback) and dst != loopback
+    return False
+
+
+def build_unreachable(
+    offending: bytes | bytearray | memoryview, reason: Unreachable, *, src: bytes | None = None
+) -> bytearray:
+    """An ICMP (IPv4) or ICMPv6 destination unreachable answering ``offending``, checksums valid.
+
+    ``offending`` starts at its IP header and holds at least that header and 8 more bytes (the UDP
+    header: what the receiving kernel matches the error to a socket with); as much of it as the RFCs
+    allow is quoted. The error goes to the offending packet's source, from ``src`` (default: the
+    offending packet's destination, which the engine answers for, as it does with TCP resets).
+    Raises ``ValueError`` when ``offending`` is too short or not IPv4/IPv6.
+    """
+    if not offending:
+        raise ValueError("no offending packet to quote")
+    version = offending[0] >> 4
+    code4, code6 = UNREACHABLE_CODES[reason]
+    if version == 4:
+        if len(offending) < IPV4_HDR_LEN:
+            raise ValueError("offending IPv4 packet shorter than its header")
+        ihl = (offending[0] & 0x0F) << 2
+        if ihl < IPV4_HDR_LEN or len(offending) < ihl + 8:
+            raise ValueError("an ICMP error quotes the IP header and at least 8 more bytes")
+        orig_src, orig_dst = bytes(offending[12:16]), bytes(offending[16:20])
+        quoted = offending[:ICMP4_QUOTE_MAX]
+        message = bytearray(_ICMP.pack(ICMP4_DEST_UNREACH, code4, 0, 0)) + quoted
+        put_be16(message, 2, checksum(message))  # ICMPv4: no pseudo-header
+        sender = src if src is not None else orig_dst
+        if len(sender) != 4:
+            raise ValueError("an IPv4 error needs a 4-byte source address")
+        return _ip_header(sender, orig_src, PROTO_ICMP, len(message)) + message
+    if version == 6:
+        if len(offending) < IPV6_HDR_LEN + 8:
+            raise ValueError("an ICMPv6 error quotes the IPv6 header and at least 8 more bytes")
+        orig_src, orig_dst = bytes(offending[8:24]), bytes(offending[24:40])
+        sender = src if src is not None else orig_dst
+        if len(sender) != 16:
+            raise ValueError("an IPv6 error needs a 16-byte source address")
+        quoted = offending[:ICMP6_QUOTE_MAX]
+        message = bytearray(_ICMP.pack(ICMP6_DEST_UNREACH, code6, 0, 0)) + quoted
+        pseudo = pseudo_header_sum(sender, orig_src, PROTO_ICMPV6, len(message))
+        put_be16(message, 2, checksum(message, pseudo))
+        return _ip_header(sender, orig_src, PROTO_ICMPV6, len(message)) + message
+    raise ValueError(f"offending packet has IP version {version}")
+
+
+# --- fragmenting oversized replies (cold path: only datagrams larger than the TUN's MTU) -------------
+def fragment(ip_packet: bytes | bytearray, mtu: int, ident: int) -> list[bytearray]:
+    """Split the IPv4/IPv6 packet ``ip_packet`` into fragments of at most ``mtu`` bytes each.
+
+    For packets this module builds: an IPv4 header without options (its DF flag is cleared: we are the
+    source, allowed to fragment) or an IPv6 header directly followed by its transport (a Fragment header
+    is inserted, RFC 8200 §4.5). ``ident`` is the datagram's Identification (16 bits used for IPv4,
+    32 for IPv6). A packet that already fits comes back as the only element. Raises ``ValueError`` for
+    a packet of another shape or an ``mtu`` too small to carry 8 bytes of data per fragment.
+    """
+    if len(ip_packet) <= mtu:
+        return [bytearray(ip_packet)]
+    version = ip_packet[0] >> 4 if ip_packet else 0
+    if version == 4:
+        if (ip_packet[0] & 0x0F) != 5:
+            raise ValueError("fragment() takes IPv4 packets without options")
+        data = memoryview(ip_packet)[IPV4_HDR_LEN:]
+        step = (mtu - IPV4_HDR_LEN) & ~7
+        if step < 8:
+            raise ValueError(f"MTU {mtu} leaves no room for fragment data")
+        out = []
+        for start in range(0, len(data), step):
+            chunk = data[start : start + step]
+            more = start + step < len(data)
+            header = bytearray(ip_packet[:IPV4_HDR_LEN])
+            put_be16(header, 2, IPV4_HDR_LEN + len(chunk))
+            put_be16(header, 4, ident & 0xFFFF)
+            put_be16(header, 6, (0x2000 if more else 0) | (start >> 3))
+            put_be16(header, 10, 0)
+            put_be16(header, 10, checksum(header))
+            out.append(header + chunk)
+        return out
+    if version == 6:
+        if len(ip_packet) < IPV6_HDR_LEN:
+            raise ValueError("IPv6 packet shorter than its header")
+        next_header = ip_packet[6]
+        data = memoryview(ip_packet)[IPV6_HDR_LEN:]
+        step = (mtu - IPV6_HDR_LEN - 8) & ~7
+        if step < 8:
+            raise ValueError(f"MTU {mtu} leaves no room for fragment data")
+        out = []
+        for start in range(0, len(data), step):
+            chunk = data[start : start + step]
+            more = start + step < len(data)
+            header = bytearray(ip_packet[:IPV6_HDR_LEN])
+            put_be16(header, 4, 8 + len(chunk))
+            header[6] = PROTO_IPV6_FRAG
+            header += struct.pack("!BBHI", next_header, 0, start | (1 if more else 0), ident & 0xFFFFFFFF)
+            out.append(header + chunk)
+        return out
+    raise ValueError(f"cannot fragment IP version {version}")

@@ -8,8 +8,10 @@ TaskGroup: nothing is fire-and-forget). Called by the app (and tests) as
 
 The packet loop is a reader callback, not a coroutine: per packet it validates headers
 (``proto.packet``), rewrites TCP in place (``tun.nat``) and writes it back, with no per-packet buffer
-allocation. A bad packet is counted in ``stats.drops`` and never raises out of the loop. Routes,
-rules and the device's life belong to others (``routing``, ``tun.device``).
+allocation. A bad packet is counted in ``stats.drops`` and never raises out of the loop. Fragments
+(which validation rejects) take the cold path: UDP ones are reassembled (``proto.fragments``, bounded)
+and fed to the UDP sessions like any datagram; the only cost to other packets is one comparison on
+the rejection path. Routes, rules and the device's life belong to others (``routing``, ``tun.device``).
 """
 
 from __future__ import annotations
@@ -19,16 +21,18 @@ import ipaddress
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from tungo_sidecar.chain import route
 from tungo_sidecar.chain.route import Flow, Route
-from tungo_sidecar.errors import DialError, TunError
+from tungo_sidecar.errors import RouteRefusedError, TunError
 from tungo_sidecar.net.dialer import FlowDialer
 from tungo_sidecar.net.stream import Datagrams, Stream
 from tungo_sidecar.proto import packet
 from tungo_sidecar.proto.address import Network
+from tungo_sidecar.proto.fragments import FragLimits, Reassembler
 from tungo_sidecar.proto.packet import Drop
 from tungo_sidecar.tun.device import TunDevice
 from tungo_sidecar.tun.nat import FORWARD, NEW, TcpNat, TcpSession, TunStats, pick_next
@@ -60,6 +64,7 @@ class TunEngine:
         udp_timeout: float = 30.0,
         dial_timeout: float = 10.0,
         accept_timeout: float = 10.0,
+        frag_limits: FragLimits | None = None,
     ) -> None:
         self.device = device
         self.dialer = dialer
@@ -86,7 +91,9 @@ class TunEngine:
             stats=self.stats,
             timeout=udp_timeout,
             dial_timeout=dial_timeout,
+            mtu=device.mtu,
         )
+        self.frags = Reassembler(frag_limits or FragLimits(), self.stats.drops)
         self._ifaces: dict[int, ipaddress.IPv4Interface | ipaddress.IPv6Interface] = {}
         for iface in device.addresses:
             self._ifaces.setdefault(iface.version, iface)  # the first address of each family serves
@@ -173,7 +180,10 @@ class TunEngine:
             stats.packets_in += 1
             l4 = packet.ip_l4_offset(buf, hl, n)
             if l4 < 0:
-                drops[-l4] += 1
+                if l4 == -Drop.FRAGMENT:
+                    self._on_fragment(n)
+                else:
+                    drops[-l4] += 1
                 continue
             try:
                 if buf[hl] >> 4 == 4:
@@ -207,6 +217,25 @@ class TunEngine:
                 stats.flow_errors += 1
                 log.exception("TUN packet handling failed; packet dropped")
 
+    def _on_fragment(self, n: int) -> None:
+        """Cold path: hold a fragment; a datagram it completes goes to the UDP sessions."""
+        stats, frags = self.stats, self.frags
+        try:
+            datagram = frags.push(self._buf, self._hl, n, time.monotonic())
+            stats.frag_partials, stats.frag_bytes = frags.partials, frags.bytes
+            if datagram is None:
+                return
+            data, l4 = datagram.data, datagram.l4
+            payload = packet.udp_check(data, l4, len(data))
+            if payload < 0:  # e.g. a UDP length that disagrees with the reassembled size
+                stats.drops[-payload] += datagram.fragments
+                return
+            stats.udp_reassembled += 1
+            self.udp.on_packet(data, 0, l4, len(data))
+        except Exception:  # a bug must cost one packet, not the data plane
+            stats.flow_errors += 1
+            log.exception("TUN fragment handling failed; fragment dropped")
+
     def _tcp_for(self, nat: TcpNat) -> TcpFlows:
         return next(flows for flows in self._tcp if flows.nat is nat)
 
@@ -237,7 +266,9 @@ class TunEngine:
         if verdict is Route.CHAIN:
             return self.dialer
         if self.direct_dialer is None:
-            raise DialError(f"{flow.network} {flow.dst}: route {verdict} but no direct dialer: refused")
+            raise RouteRefusedError(
+                f"{flow.network} {flow.dst}: route {verdict} but no direct dialer: refused"
+            )
         return self.direct_dialer
 
     async def _dial_tcp(self, session: TcpSession) -> Stream:
@@ -255,3 +286,6 @@ class TunEngine:
             for nat in (self._nat4, self._nat6):
                 if nat is not None:
                     nat.sweep(loop.time())
+            if self.frags.partials:
+                self.frags.expire(time.monotonic())
+                self.stats.frag_partials, self.stats.frag_bytes = self.frags.partials, self.frags.bytes

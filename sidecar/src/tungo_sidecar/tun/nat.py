@@ -57,6 +57,13 @@ class TunStats:
     udp_datagrams_up: int = 0
     udp_datagrams_down: int = 0
     udp_dropped_pending: int = 0
+    udp_dropped_dial_failed: int = 0  # datagrams queued to a session whose dial failed
+    udp_icmp_sent: int = 0  # destination unreachable answers to failed UDP flows
+    udp_icmp_limited: int = 0  # answers withheld by the rate limit (or not allowed: multicast...)
+    udp_reassembled: int = 0  # datagrams rebuilt from fragments
+    udp_replies_fragmented: int = 0  # replies larger than the MTU, written as fragments
+    frag_partials: int = 0  # gauge: partial datagrams held for reassembly
+    frag_bytes: int = 0  # gauge: fragment bytes they hold
     write_errors: int = 0
     flow_errors: int = 0
     drops: list[int] = field(default_factory=lambda: [0] * (max(Drop) + 1))

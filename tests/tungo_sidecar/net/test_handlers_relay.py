@@ -231,6 +231,16 @@ async def test_malformed_requests_are_closed_without_answer(data: bytes, match: 
     assert match in str(failures[0])
 
 
+async def test_connect_and_close_without_a_byte_is_no_failure(caplog: pytest.LogCaptureFixture) -> None:
+    # Health probes and port checks (tungo's own chain probe among them) open and close; one truncated
+    # byte, though, is a broken client (the malformed cases above).
+    caplog.set_level("DEBUG", logger="tungo_sidecar.net.handlers.relay")
+    async with relay_server(service()) as (port, failures):
+        assert await exchange(port, b"", eof=True) == b""
+    assert failures == []
+    assert "closed without a request" in caplog.text
+
+
 async def test_silent_client_times_out() -> None:
     async with relay_server(service(readTimeout="50ms")) as (port, failures):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)

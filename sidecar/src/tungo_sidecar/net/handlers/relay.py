@@ -92,7 +92,13 @@ class RelayHandler:
         self._dialer = dialer
 
     async def handle(self, stream: Stream, client: str) -> None:
-        request, leftover = await self._read_request(stream)
+        received = await self._read_request(stream)
+        if received is None:
+            # Connected and closed without a byte: a health probe or port check (tungo's own chain
+            # probe does exactly this every few seconds), not a broken client worth a warning.
+            log.debug("relay: %s: closed without a request", client)
+            return
+        request, leftover = received
         if not self._authorized(request.auth):
             await _answer(stream, relay.Status.UNAUTHORIZED)
             user = request.auth.username if request.auth else ""
@@ -112,12 +118,15 @@ class RelayHandler:
             await _answer(stream, relay.Status.BAD_REQUEST)
             raise errors.RelayBadRequest(f"relay: {client}: unsupported network {request.network_id.name}")
 
-    async def _read_request(self, stream: Stream) -> tuple[relay.Request, bytes]:
+    async def _read_request(self, stream: Stream) -> tuple[relay.Request, bytes] | None:
+        """The request and the bytes behind it; None when the client closed without sending a byte."""
         reader = relay.RequestReader()
         try:
             async with asyncio.timeout(self._read_timeout):
                 while True:
                     chunk = await stream.read(CHUNK)
+                    if not chunk and reader.buffered == 0:
+                        return None
                     if not chunk:
                         raise errors.RelayProtocolError(
                             f"relay: client closed before a complete request ({reader.buffered} bytes)"

@@ -22,9 +22,11 @@ import binascii
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from tungo_sidecar import errors
 from tungo_sidecar.proto.address import Address
+from tungo_sidecar.proto.reader import MessageReader
 
 MAX_HEAD_SIZE = 64 * 1024
 
@@ -270,55 +272,41 @@ class RequestHead:
 # Incremental head readers
 
 
-class _HeadReader:
+_Head = TypeVar("_Head", RequestHead, ResponseHead)
+
+
+class _HeadReader(MessageReader[_Head]):
     """Buffers bytes until an empty line ends the head; keeps what followed it as ``leftover``."""
 
+    _protocol = "http"
     _server = False
 
     def __init__(self, max_size: int = MAX_HEAD_SIZE) -> None:
         if max_size < 4:
             raise ValueError("http: max_size must allow at least an empty head")
+        super().__init__()
         self._max = max_size
-        self._buffer = bytearray()
         self._scanned = 0
-        self._done = False
-        self._leftover = b""
-
-    @property
-    def done(self) -> bool:
-        return self._done
-
-    @property
-    def leftover(self) -> bytes:
-        """Bytes after the head: tunnel data the peer sent early. Empty before done."""
-        return self._leftover
-
-    @property
-    def buffered(self) -> int:
-        return len(self._buffer)
 
     def _error(self, message: str, status: int = STATUS_BAD_REQUEST) -> errors.HttpProtocolError:
         return errors.HttpProtocolError(f"http: {message}", status if self._server else None)
 
-    def _feed(self, data: bytes) -> tuple[str, list[tuple[str, str]]] | None:
-        if self._done:
-            raise RuntimeError("http: head already parsed; read .leftover instead")
-        self._buffer += data
+    def _parse(self, buf: bytearray) -> tuple[_Head, int] | None:
         # Rescan only the tail that could complete a terminator: linear in the bytes fed.
-        match = _HEAD_END.search(self._buffer, max(0, self._scanned - 3))
+        match = _HEAD_END.search(buf, max(0, self._scanned - 3))
         if match is None:
-            self._scanned = len(self._buffer)
-            if len(self._buffer) > self._max:
+            self._scanned = len(buf)
+            if len(buf) > self._max:
                 raise self._error(f"head exceeds {self._max} bytes", STATUS_HEADERS_TOO_LARGE)
             return None
         if match.end() > self._max:
             raise self._error(f"head exceeds {self._max} bytes", STATUS_HEADERS_TOO_LARGE)
-        head = bytes(self._buffer[: match.start()]).decode("latin-1")
-        self._leftover = bytes(self._buffer[match.end() :])
-        self._buffer = bytearray()
-        self._done = True
+        head = bytes(buf[: match.start()]).decode("latin-1")
         lines = [line.removesuffix("\r") for line in head.split("\n")]
-        return lines[0], self._parse_fields(lines[1:])
+        return self._head(lines[0], self._parse_fields(lines[1:])), match.end()
+
+    def _head(self, start: str, fields: list[tuple[str, str]]) -> _Head:
+        raise NotImplementedError
 
     def _parse_fields(self, lines: list[str]) -> list[tuple[str, str]]:
         fields: list[tuple[str, str]] = []
@@ -337,18 +325,14 @@ class _HeadReader:
         return fields
 
 
-class RequestHeadReader(_HeadReader):
+class RequestHeadReader(_HeadReader[RequestHead]):
     """Server side. ``feed(chunk)`` returns the ``RequestHead`` once complete, None before.
 
     Raises HttpProtocolError (status 400, or 431 past ``max_size``)."""
 
     _server = True
 
-    def feed(self, data: bytes) -> RequestHead | None:
-        parsed = self._feed(data)
-        if parsed is None:
-            return None
-        start, fields = parsed
+    def _head(self, start: str, fields: list[tuple[str, str]]) -> RequestHead:
         parts = start.split(" ")
         if len(parts) != 3 or not _TOKEN.fullmatch(parts[0]) or not parts[1]:
             raise self._error(f"malformed request line {start[:80]!r}")
@@ -360,16 +344,12 @@ class RequestHeadReader(_HeadReader):
         return RequestHead(method, target, Headers(tuple(fields)), version)
 
 
-class ResponseHeadReader(_HeadReader):
+class ResponseHeadReader(_HeadReader[ResponseHead]):
     """Client side. ``feed(chunk)`` returns the ``ResponseHead`` once complete, None before; raises
     HttpProtocolError (``status`` None) on a malformed or oversized head. Interim 1xx responses are
     returned like any other; CONNECT proxies do not send them."""
 
-    def feed(self, data: bytes) -> ResponseHead | None:
-        parsed = self._feed(data)
-        if parsed is None:
-            return None
-        start, fields = parsed
+    def _head(self, start: str, fields: list[tuple[str, str]]) -> ResponseHead:
         version, _, rest = start.partition(" ")
         code, _, reason = rest.partition(" ")
         if not _VERSION.fullmatch(version):

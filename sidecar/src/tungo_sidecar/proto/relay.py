@@ -37,6 +37,7 @@ from typing import TypeVar
 
 from tungo_sidecar import errors
 from tungo_sidecar.proto.address import Address, decode_address, encode_address
+from tungo_sidecar.proto.reader import MessageReader
 
 VERSION = 0x01
 
@@ -456,59 +457,42 @@ def raise_for_status(response: Response) -> None:
 # Incremental readers
 
 
-class _HeaderReader:
+_Header = TypeVar("_Header", Request, Response)
+
+
+class _HeaderReader(MessageReader[_Header]):
     """Buffers bytes until one header is complete; keeps whatever followed it as ``leftover``."""
 
+    _protocol = "relay"
     _what = "header"
 
     def __init__(self, max_features_len: int = MAX_FEATURES_LEN) -> None:
         if not 0 <= max_features_len <= 0xFFFF:
             raise ValueError("max_features_len must be within 0-65535")
+        super().__init__()
         self._max = max_features_len
-        self._buffer = bytearray()
-        self._done = False
-        self._leftover = b""
 
-    @property
-    def done(self) -> bool:
-        return self._done
-
-    @property
-    def leftover(self) -> bytes:
-        """Bytes received after the header (data the peer sent in the same write). Empty before done."""
-        return self._leftover
-
-    @property
-    def buffered(self) -> int:
-        """Bytes held while the header is incomplete (what a truncated peer left behind)."""
-        return len(self._buffer)
-
-    def _feed(self, data: bytes) -> tuple[int, tuple[Feature, ...]] | None:
-        if self._done:
-            raise RuntimeError(f"relay: {self._what} already parsed; read .leftover instead")
-        self._buffer += data
-        if self._buffer and self._buffer[0] != VERSION:
+    def _parse(self, buf: bytearray) -> tuple[_Header, int] | None:
+        if buf and buf[0] != VERSION:
             # Checked on the first byte so a non-relay peer fails fast (GOST closes silently).
-            raise errors.RelayProtocolError(f"relay: bad version {self._buffer[0]:#04x}, expected 0x01")
-        if len(self._buffer) < HEADER_LEN:
+            raise errors.RelayProtocolError(f"relay: bad version {buf[0]:#04x}, expected 0x01")
+        if len(buf) < HEADER_LEN:
             return None
-        fealen = struct.unpack_from("!H", self._buffer, 2)[0]
+        fealen = struct.unpack_from("!H", buf, 2)[0]
         if fealen > self._max:
             raise errors.RelayProtocolError(
                 f"relay: {self._what} features of {fealen} bytes exceed the {self._max}-byte limit"
             )
         end = HEADER_LEN + fealen
-        if len(self._buffer) < end:
+        if len(buf) < end:
             return None
-        second = self._buffer[1]
-        features = decode_features(bytes(self._buffer[HEADER_LEN:end]))
-        self._leftover = bytes(self._buffer[end:])
-        self._buffer = bytearray()
-        self._done = True
-        return second, features
+        return self._header(buf[1], decode_features(bytes(buf[HEADER_LEN:end]))), end
+
+    def _header(self, second: int, features: tuple[Feature, ...]) -> _Header:
+        raise NotImplementedError
 
 
-class RequestReader(_HeaderReader):
+class RequestReader(_HeaderReader[Request]):
     """Server side: ``feed(chunk)`` returns the ``Request`` once complete, None before.
 
     Raises ``errors.RelayProtocolError`` on a bad version, FEALEN over ``max_features_len`` or a
@@ -517,32 +501,21 @@ class RequestReader(_HeaderReader):
 
     _what = "request"
 
-    def feed(self, data: bytes) -> Request | None:
-        parsed = self._feed(data)
-        if parsed is None:
-            return None
-        first, features = parsed
-        return Request(first & CMD_MASK, udp=bool(first & FLAG_UDP), features=features)
+    def _header(self, second: int, features: tuple[Feature, ...]) -> Request:
+        return Request(second & CMD_MASK, udp=bool(second & FLAG_UDP), features=features)
 
 
-class ResponseReader(_HeaderReader):
+class ResponseReader(_HeaderReader[Response]):
     """Client side: ``feed(chunk)`` returns the ``Response`` once complete, None before; then
     ``leftover`` holds the first bytes from the target (a GOST server sends them in the same write)."""
 
     _what = "response"
 
-    def feed(self, data: bytes) -> Response | None:
-        parsed = self._feed(data)
-        if parsed is None:
-            return None
-        status, features = parsed
-        return Response(status, features)
+    def _header(self, second: int, features: tuple[Feature, ...]) -> Response:
+        return Response(second, features)
 
 
-_Header = TypeVar("_Header", Request, Response)
-
-
-def _exact(reader: _HeaderReader, parsed: _Header | None, data: bytes) -> _Header:
+def _exact(reader: _HeaderReader[_Header], parsed: _Header | None, data: bytes) -> _Header:
     """Require ``data`` to be exactly one header: the ``decode`` classmethods' contract."""
     if parsed is None:
         raise errors.RelayProtocolError(f"relay: truncated header ({len(data)} bytes)")

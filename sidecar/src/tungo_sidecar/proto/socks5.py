@@ -28,10 +28,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Generic, TypeVar
+from typing import TypeVar
 
 from tungo_sidecar import errors
 from tungo_sidecar.proto.address import Address, address_length, decode_address, encode_address
+from tungo_sidecar.proto.reader import MessageReader
 
 VERSION = 0x05
 AUTH_VERSION = 0x01  # RFC 1929 sub-negotiation version
@@ -277,46 +278,11 @@ def raise_for_reply(reply: Reply) -> None:
 _T = TypeVar("_T")
 
 
-class _Reader(Generic[_T]):
-    """Buffers bytes until one message is complete; keeps what followed it as ``leftover``.
+class _Reader(MessageReader[_T]):
+    """Every socks5 message is at most 513 bytes (auth: 3 + 255 + 255), so the buffer is bounded by
+    construction: ``_parse`` decides completeness from lengths inside the first bytes."""
 
-    Every socks5 message is at most 513 bytes (auth: 3 + 255 + 255), so the buffer is bounded by
-    construction: ``_parse`` decides completeness from lengths inside the first bytes.
-    """
-
-    def __init__(self) -> None:
-        self._buffer = bytearray()
-        self._done = False
-        self._leftover = b""
-
-    @property
-    def done(self) -> bool:
-        return self._done
-
-    @property
-    def leftover(self) -> bytes:
-        """Bytes received after the message (e.g. a pipelined request). Empty before done."""
-        return self._leftover
-
-    @property
-    def buffered(self) -> int:
-        return len(self._buffer)
-
-    def feed(self, data: bytes) -> _T | None:
-        if self._done:
-            raise RuntimeError(f"socks5: {type(self).__name__} already parsed its message; read .leftover")
-        self._buffer += data
-        parsed = self._parse(self._buffer)
-        if parsed is None:
-            return None
-        message, used = parsed
-        self._leftover = bytes(self._buffer[used:])
-        self._buffer = bytearray()
-        self._done = True
-        return message
-
-    def _parse(self, buf: bytearray) -> tuple[_T, int] | None:
-        raise NotImplementedError
+    _protocol = "socks5"
 
 
 def _check_version(buf: bytearray, version: int, what: str) -> None:

@@ -22,7 +22,6 @@ Never runs anything through a shell, and never leaves a hook process behind (kil
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import shlex
@@ -37,6 +36,7 @@ from tungo_sidecar.routing import netfilter
 from tungo_sidecar.routing.apply import Applied, apply_plan_async, resolve_relay_addresses, teardown_async
 from tungo_sidecar.routing.inbound import InboundRuleset, make_inbound
 from tungo_sidecar.routing.plan import FWMARK, IPNetwork, Plan, make_plan, relay_hosts
+from tungo_sidecar.routing.process import run_process
 
 log = logging.getLogger(__name__)
 
@@ -56,32 +56,18 @@ async def run_command(phase: str, line: str, *, hook_timeout: float = HOOK_TIMEO
         raise TunError(f"{phase} {exc}") from exc
     log.info("%s: %s", phase, line)
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        done = await run_process(argv, stdin=None, time_limit=hook_timeout)
+    except TimeoutError:  # before OSError, of which it is a subclass
+        raise TunError(f"{phase} {line!r}: still running after {hook_timeout:g}s, killed") from None
     except OSError as exc:
         raise TunError(f"{phase} {line!r}: cannot run {argv[0]!r}: {exc.strerror or exc}") from exc
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), hook_timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise TunError(f"{phase} {line!r}: still running after {hook_timeout:g}s, killed") from None
-    except asyncio.CancelledError:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        raise
-    stdout = out.decode(errors="replace")
+    stdout = done.stdout.decode(errors="replace")
     if stdout.strip():
         log.debug("%s: %s: %s", phase, line, stdout.strip())
-    if proc.returncode != 0:
-        tail = err.decode(errors="replace").strip().splitlines()
+    if done.returncode != 0:
+        tail = done.stderr.decode(errors="replace").strip().splitlines()
         why = f": {tail[-1][:_STDERR_TAIL]}" if tail else ""
-        raise TunError(f"{phase} {line!r}: exit status {proc.returncode}{why}")
+        raise TunError(f"{phase} {line!r}: exit status {done.returncode}{why}")
     return stdout
 
 

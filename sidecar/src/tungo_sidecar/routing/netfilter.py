@@ -37,6 +37,7 @@ from typing import TypeVar
 
 from tungo_sidecar.errors import TunError
 from tungo_sidecar.routing.inbound import InboundRuleset
+from tungo_sidecar.routing.process import run_process
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -77,28 +78,17 @@ async def run_nft(script: str, *, netns: str | None = None, nft: str | None = No
         # Tests and tooling only; `ip netns exec` says clearly when the namespace does not exist.
         argv = ["ip", "netns", "exec", netns, *argv]
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        done = await run_process(argv, stdin=script.encode(), time_limit=NFT_TIMEOUT)
+    except TimeoutError:  # before OSError, of which it is a subclass
+        raise TunError(f"routing: nft still running after {NFT_TIMEOUT:g}s, killed") from None
     except OSError as exc:
         raise TunError(f"routing: cannot run {argv[0]!r}: {exc.strerror or exc}") from exc
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(script.encode()), NFT_TIMEOUT)
-    except BaseException:
-        # Timed out or cancelled: never leave an nft process behind.
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        raise
-    if proc.returncode != 0:
+    if done.returncode != 0:
         # nft prints the offending line and a caret under it: the first line says what went wrong.
-        lines = err.decode(errors="replace").strip().splitlines()
+        lines = done.stderr.decode(errors="replace").strip().splitlines()
         why = lines[0][:_STDERR_TAIL] if lines else "no message"
-        raise TunError(f"routing: nft exit status {proc.returncode}: {why}")
-    return out.decode(errors="replace")
+        raise TunError(f"routing: nft exit status {done.returncode}: {why}")
+    return done.stdout.decode(errors="replace")
 
 
 async def apply_inbound(ruleset: InboundRuleset, *, netns: str | None = None, nft: str | None = None) -> None:

@@ -35,6 +35,12 @@ from tungo_sidecar.errors import ConfigError
 SELF_SIGNED_NAME = "tungo"
 
 
+def _cache_key(options: TLSOptions | None) -> tuple[TLSOptions, float, float, float]:
+    """The options and their files' mtimes: a rotated certificate or CA makes a new context."""
+    options = options or TLSOptions()
+    return options, _mtime(options.ca_file), _mtime(options.cert_file), _mtime(options.key_file)
+
+
 def _mtime(path: str | None) -> float:
     if not path:
         return 0.0
@@ -46,9 +52,7 @@ def _mtime(path: str | None) -> float:
 
 def client_context(options: TLSOptions | None) -> ssl.SSLContext:
     """The client SSLContext for ``options`` (``None`` means GOST's defaults: no verification)."""
-    options = options or TLSOptions()
-    key = (options, _mtime(options.ca_file), _mtime(options.cert_file), _mtime(options.key_file))
-    return _client_context(*key)
+    return _client_context(*_cache_key(options))
 
 
 @functools.lru_cache(maxsize=64)
@@ -80,9 +84,7 @@ def server_hostname(options: TLSOptions | None, node_host: str) -> str | None:
 
 def server_context(options: TLSOptions | None) -> ssl.SSLContext:
     """The server SSLContext: given cert/key, else the per-process self-signed certificate."""
-    options = options or TLSOptions()
-    key = (options, _mtime(options.ca_file), _mtime(options.cert_file), _mtime(options.key_file))
-    return _server_context(*key)
+    return _server_context(*_cache_key(options))
 
 
 @functools.lru_cache(maxsize=64)

@@ -217,6 +217,29 @@ def _delete(options: Options, *keys: str) -> None:
         del options[key]
 
 
+def _move_under(options: Options, prefix: str, *, strings: Sequence[str], numbers: Sequence[str]) -> None:
+    """GOST's moves of plain keys under ``prefix.``: a non-empty string, a positive number (else dropped)."""
+    for key in strings:
+        if value := _get_str(options, key):
+            options[f"{prefix}.{key}"] = value
+            _delete(options, key)
+    for key in numbers:
+        if (number := _get_int(options, key)) > 0:
+            options[f"{prefix}.{key}"] = number
+            _delete(options, key)
+
+
+def _take_tls_files(options: Options) -> tuple[str, str, str]:
+    """certFile, keyFile, caFile (any of their spellings; "" when absent), taken out of ``options``."""
+    files = (
+        _get_str(options, *_TLS_CERT_KEYS),
+        _get_str(options, *_TLS_KEY_KEYS),
+        _get_str(options, *_TLS_CA_KEYS),
+    )
+    _delete(options, *_TLS_CERT_KEYS, *_TLS_KEY_KEYS, *_TLS_CA_KEYS)
+    return files
+
+
 def _decode_auth(text: str) -> Auth:
     """GOST's ``auth=`` option: base64 (URL-safe unpadded, or standard) of ``user[:pass]``."""
     raw: bytes | None = None
@@ -344,13 +367,7 @@ def _hop(text: str, index: int, bypasses: list[BypassConfig]) -> Hop:
         _delete(options, "bypass")
     _refuse(options, _UNSUPPORTED_NODE_KEYS)
     # GOST moves these to the hop (its nodes inherit them), under the "hop." prefix.
-    if value := _get_str(options, "interface"):
-        options["hop.interface"] = value
-        _delete(options, "interface")
-    for key in ("so_mark", "proxyProtocol"):
-        if (number := _get_int(options, key)) > 0:
-            options["hop." + key] = number
-            _delete(options, key)
+    _move_under(options, "hop", strings=("interface",), numbers=("so_mark", "proxyProtocol"))
 
     # GOST builds the hop's metadata before the node takes its auth and TLS keys out, so the hop keeps
     # a copy of those too; matched here so -O prints what gost -O prints.
@@ -364,14 +381,10 @@ def _hop(text: str, index: int, bypasses: list[BypassConfig]) -> Hop:
         hop_options[key] = options[key]
 
     auth = _auth(url, options)
-    cert_file = _get_str(options, *_TLS_CERT_KEYS)
-    key_file = _get_str(options, *_TLS_KEY_KEYS)
-    ca_file = _get_str(options, *_TLS_CA_KEYS)
+    cert_file, key_file, ca_file = _take_tls_files(options)
     secure = _get_bool(options, *_TLS_SECURE_KEYS)
     server_name = _get_str(options, *_TLS_SERVER_NAME_KEYS)
-    _delete(
-        options, *_TLS_CERT_KEYS, *_TLS_KEY_KEYS, *_TLS_CA_KEYS, *_TLS_SECURE_KEYS, *_TLS_SERVER_NAME_KEYS
-    )
+    _delete(options, *_TLS_SECURE_KEYS, *_TLS_SERVER_NAME_KEYS)
 
     node_options, connector_options, dialer_options = _split_prefixed(
         options, ("node", "connector", "dialer")
@@ -473,10 +486,7 @@ def _services(text: str, chain: str | None, bypasses: list[BypassConfig]) -> lis
 
     options = _first_values(url.query)
     auth = _auth(url, options)
-    cert_file = _get_str(options, *_TLS_CERT_KEYS)
-    key_file = _get_str(options, *_TLS_KEY_KEYS)
-    ca_file = _get_str(options, *_TLS_CA_KEYS)
-    _delete(options, *_TLS_CERT_KEYS, *_TLS_KEY_KEYS, *_TLS_CA_KEYS)
+    cert_file, key_file, ca_file = _take_tls_files(options)
     # GOST keeps a listener TLS block only when it names a certificate (else its default cert).
     tls = (
         TLSOptions(cert_file=cert_file, key_file=key_file or None, ca_file=ca_file or None)
@@ -486,17 +496,9 @@ def _services(text: str, chain: str | None, bypasses: list[BypassConfig]) -> lis
 
     if found := _find(options, "dns"):
         options[found[0]] = str(found[1]).split(",")
-    if value := _get_str(options, "interface"):
-        options["service.interface"] = value
-        _delete(options, "interface")
-    for key in ("so_mark", "proxyProtocol"):
-        if (number := _get_int(options, key)) > 0:
-            options["service." + key] = number
-            _delete(options, key)
-    for key in ("netns", "netns.out"):
-        if value := _get_str(options, key):
-            options["service." + key] = value
-            _delete(options, key)
+    _move_under(
+        options, "service", strings=("interface", "netns", "netns.out"), numbers=("so_mark", "proxyProtocol")
+    )
     _selector(options)  # GOST's forwarder selector; tungo has no forwarder, the keys just leave the map
 
     service_options, handler_options, listener_options = _split_prefixed(

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pki
 import pytest
+from loopback import echo_tcp, echo_udp
 
 from tungo_sidecar import errors
 from tungo_sidecar.app import runner
@@ -80,37 +81,8 @@ async def running(services: Sequence[str], nodes: Sequence[str] = ()) -> AsyncIt
             await task
 
 
-@contextlib.asynccontextmanager
-async def echo_tcp() -> AsyncIterator[Address]:
-    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while data := await reader.read(256 * 1024):
-            writer.write(data)
-            await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(echo, "127.0.0.1", 0)
-    try:
-        yield Address("127.0.0.1", server.sockets[0].getsockname()[1])
-    finally:
-        server.close()
-
-
-class _EchoUDP(asyncio.DatagramProtocol):
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.transport.sendto(hashlib.sha256(data).digest() + data[:16], addr)  # type: ignore[attr-defined]
-
-
-@contextlib.asynccontextmanager
-async def echo_udp() -> AsyncIterator[Address]:
-    loop = asyncio.get_running_loop()
-    transport, _ = await loop.create_datagram_endpoint(_EchoUDP, local_addr=("127.0.0.1", 0))
-    try:
-        yield Address("127.0.0.1", transport.get_extra_info("sockname")[1])
-    finally:
-        transport.close()
+def _digest_reply(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest() + data[:16]
 
 
 async def tcp(port: int) -> SocketStream:
@@ -152,7 +124,7 @@ async def test_socks5_front_through_relay_to_tcp_target(
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_socks5_udp_through_relay(transport: str, certs: tuple[Path, pki.CertFiles]) -> None:
     async with (
-        echo_udp() as target,
+        echo_udp(_digest_reply) as target,
         running([f"relay+{transport}://127.0.0.1:0{_server_query(transport, certs)}"]) as [server],
     ):
         node = f"relay+{transport}://127.0.0.1:{server}{_client_query(transport, certs)}"

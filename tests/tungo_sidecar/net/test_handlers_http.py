@@ -7,13 +7,13 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
+from loopback import dial, handler_server
 
 from tungo_sidecar import errors
 from tungo_sidecar.config.model import Auth, Plugin, Service
 from tungo_sidecar.net.connectors import HopContext, make_connector
 from tungo_sidecar.net.direct import DirectDialer
 from tungo_sidecar.net.handlers import make_handler
-from tungo_sidecar.net.stream import SocketStream
 from tungo_sidecar.proto.address import Address
 
 
@@ -36,29 +36,8 @@ async def greeter() -> AsyncIterator[Address]:
 @contextlib.asynccontextmanager
 async def http_proxy(auth: Auth | None = None) -> AsyncIterator[tuple[Address, list[BaseException]]]:
     svc = Service("h", "127.0.0.1:0", handler=Plugin("http", auth=auth), listener=Plugin("tcp"))
-    handler = make_handler(svc, DirectDialer())
-    failures: list[BaseException] = []
-
-    async def run(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        stream = SocketStream(reader, writer)
-        try:
-            await handler.handle(stream, "test")
-        except Exception as exc:
-            failures.append(exc)
-        finally:
-            await stream.close()
-
-    server = await asyncio.start_server(run, "127.0.0.1", 0)
-    try:
-        yield Address("127.0.0.1", server.sockets[0].getsockname()[1]), failures
-    finally:
-        server.close()
-        await server.wait_closed()
-
-
-async def dial(addr: Address) -> SocketStream:
-    reader, writer = await asyncio.open_connection(addr.host, addr.port)
-    return SocketStream(reader, writer)
+    async with handler_server(make_handler(svc, DirectDialer())) as served:
+        yield served
 
 
 async def test_connect_with_basic_auth() -> None:

@@ -9,6 +9,7 @@ import socket
 from collections.abc import AsyncIterator
 
 import pytest
+from loopback import echo_tcp, echo_udp, handler_server
 
 from tungo_sidecar import errors
 from tungo_sidecar.config.model import Auth, Metadata, Plugin, Service
@@ -63,41 +64,6 @@ class UDPSession:
         self.sock.close()
 
 
-@contextlib.asynccontextmanager
-async def echo_tcp() -> AsyncIterator[Address]:
-    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(echo, "127.0.0.1", 0)
-    try:
-        yield Address("127.0.0.1", server.sockets[0].getsockname()[1])
-    finally:
-        server.close()
-        await server.wait_closed()
-
-
-class _Echo(asyncio.DatagramProtocol):
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.transport.sendto(b"echo:" + data, addr)  # type: ignore[attr-defined]
-
-
-@contextlib.asynccontextmanager
-async def echo_udp() -> AsyncIterator[Address]:
-    transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
-        _Echo, local_addr=("127.0.0.1", 0)
-    )
-    try:
-        yield Address("127.0.0.1", transport.get_extra_info("sockname")[1])
-    finally:
-        transport.close()
-
-
 def service(auth: Auth | None = None, **metadata: object) -> Service:
     return Service(
         "relay", ":0", handler=Plugin("relay", auth=auth, metadata=Metadata(metadata)), listener=Plugin("tcp")
@@ -109,24 +75,8 @@ async def relay_server(
     svc: Service, dialer: LoopbackDialer | None = None
 ) -> AsyncIterator[tuple[int, list[BaseException]]]:
     """A real listening relay server; yields its port and the errors its handler raised."""
-    handler = make_handler(svc, dialer or LoopbackDialer())
-    failures: list[BaseException] = []
-
-    async def run(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        stream = SocketStream(reader, writer)
-        try:
-            await handler.handle(stream, "test-client")
-        except Exception as exc:
-            failures.append(exc)
-        finally:
-            await stream.close()
-
-    server = await asyncio.start_server(run, "127.0.0.1", 0)
-    try:
-        yield server.sockets[0].getsockname()[1], failures
-    finally:
-        server.close()
-        await server.wait_closed()
+    async with handler_server(make_handler(svc, dialer or LoopbackDialer())) as (addr, failures):
+        yield addr.port, failures
 
 
 async def exchange(port: int, data: bytes, *, read_until_eof: bool = True, eof: bool = False) -> bytes:

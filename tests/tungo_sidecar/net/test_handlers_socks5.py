@@ -9,78 +9,22 @@ import hashlib
 from collections.abc import AsyncIterator
 
 import pytest
+from loopback import dial, echo_tcp, echo_udp, handler_server
 
 from tungo_sidecar import errors
 from tungo_sidecar.config.model import Auth, Plugin, Service
 from tungo_sidecar.net.connectors import HopContext, make_connector
 from tungo_sidecar.net.direct import DirectDialer
 from tungo_sidecar.net.handlers import make_handler
-from tungo_sidecar.net.stream import SocketStream
 from tungo_sidecar.proto import socks5
 from tungo_sidecar.proto.address import Address
 
 
 @contextlib.asynccontextmanager
-async def echo_tcp() -> AsyncIterator[Address]:
-    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(echo, "127.0.0.1", 0)
-    try:
-        yield Address("127.0.0.1", server.sockets[0].getsockname()[1])
-    finally:
-        server.close()
-        await server.wait_closed()
-
-
-class _Echo(asyncio.DatagramProtocol):
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.transport.sendto(b"echo:" + data, addr)  # type: ignore[attr-defined]
-
-
-@contextlib.asynccontextmanager
-async def echo_udp() -> AsyncIterator[Address]:
-    loop = asyncio.get_running_loop()
-    transport, _ = await loop.create_datagram_endpoint(_Echo, local_addr=("127.0.0.1", 0))
-    try:
-        yield Address("127.0.0.1", transport.get_extra_info("sockname")[1])
-    finally:
-        transport.close()
-
-
-@contextlib.asynccontextmanager
 async def socks_server(auth: Auth | None = None) -> AsyncIterator[tuple[Address, list[BaseException]]]:
     svc = Service("s5", "127.0.0.1:0", handler=Plugin("socks5", auth=auth), listener=Plugin("tcp"))
-    handler = make_handler(svc, DirectDialer())
-    failures: list[BaseException] = []
-
-    async def run(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        stream = SocketStream(reader, writer)
-        peer = stream.peername
-        try:
-            await handler.handle(stream, f"{peer[0]}:{peer[1]}" if peer else "?")
-        except Exception as exc:
-            failures.append(exc)
-        finally:
-            await stream.close()
-
-    server = await asyncio.start_server(run, "127.0.0.1", 0)
-    try:
-        yield Address("127.0.0.1", server.sockets[0].getsockname()[1]), failures
-    finally:
-        server.close()
-        await server.wait_closed()
-
-
-async def dial(addr: Address) -> SocketStream:
-    reader, writer = await asyncio.open_connection(addr.host, addr.port)
-    return SocketStream(reader, writer)
+    async with handler_server(make_handler(svc, DirectDialer())) as served:
+        yield served
 
 
 @pytest.mark.parametrize("auth", [None, Auth("alice", "s3cret")])

@@ -68,8 +68,6 @@ SRV_TGT4, TGT4 = "198.19.20.1", "198.19.20.2"
 SRV_TGT6, TGT6 = "fd19:20::1", "fd19:20::2"
 TUN_NET = "192.168.123.1/24,fd00:123::1/64"
 RELAY_PORT = 8443
-RELAY_TCP_PORT = 8421
-SOCKS_PORT = 1080
 HEALTH_PORT = 9190
 #: Bounded waits: a step that has not happened by then has failed.
 READY_TIMEOUT = 30.0

@@ -27,9 +27,6 @@ log = logging.getLogger(__name__)
 #: Datagrams queued per UDP session before new ones are dropped (~256 * 1.5 KiB = 384 KiB worst case).
 UDP_QUEUE = 256
 
-#: Largest UDP payload the socket reads (IPv4 maximum; the kernel truncates nothing shorter).
-UDP_MAX = 65535
-
 
 class _UDPProtocol(asyncio.DatagramProtocol):
     """Feeds a bounded queue; remembers the first socket error for ``recv`` to report."""

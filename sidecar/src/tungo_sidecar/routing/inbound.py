@@ -65,7 +65,6 @@ from tungo_sidecar.routing.plan import FWMARK
 #: name per network namespace, like the routing plan's table: a restart, whatever its TUN's name,
 #: replaces them.
 NFT_TABLE = "tungo"
-NFT_FAMILIES = ("inet", "arp")
 #: "mangle" (-150): after conntrack (-200) has attached the connection to the packet, which the
 #: ``ct`` expressions need, and where marks that affect routing are traditionally set.
 NFT_PRIORITY = "mangle"

@@ -50,10 +50,6 @@ class _ClientSide:
         self._prefix = prefix
         self._owed = owed
 
-    @property
-    def owes_response(self) -> bool:
-        return self._owed is not None
-
     async def read(self, max_bytes: int = CHUNK) -> bytes:
         if self._prefix:
             data, self._prefix = self._prefix[:max_bytes], self._prefix[max_bytes:]

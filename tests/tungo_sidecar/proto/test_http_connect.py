@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import http.client
 import io
-import itertools
 
 import pytest
+from chunks import chunked, feed_until_done
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -314,11 +314,6 @@ responses = st.builds(
 hosts = st.one_of(st.ip_addresses().map(str), st.from_regex(r"[a-z0-9.-]{1,40}", fullmatch=True))
 
 
-def _chunked(data: bytes, cuts: list[int]) -> list[bytes]:
-    points = sorted({c % (len(data) + 1) for c in cuts})
-    return [data[a:b] for a, b in itertools.pairwise([0, *points, len(data)])]
-
-
 @given(responses, st.lists(st.integers(0, 2000), max_size=8), st.binary(max_size=20))
 @settings(max_examples=200, deadline=None)
 def test_responses_round_trip_through_any_chunking(
@@ -326,12 +321,7 @@ def test_responses_round_trip_through_any_chunking(
 ) -> None:
     wire = head.encode()
     reader = hc.ResponseHeadReader()
-    result, after = None, b""
-    for chunk in _chunked(wire + tail, cuts):
-        if reader.done:
-            after += chunk
-        else:
-            result = reader.feed(chunk)
+    result, after = feed_until_done(reader, chunked(wire + tail, cuts))
     assert result is not None
     assert result == head
     assert reader.leftover + after == tail
@@ -342,10 +332,7 @@ def test_responses_round_trip_through_any_chunking(
 def test_connect_requests_round_trip(host: str, port: int, extra: hc.Headers, cuts: list[int]) -> None:
     request = hc.ConnectRequest(Address(host, port), hc.BasicCredentials("user", "pw"), extra)
     reader = hc.RequestHeadReader()
-    result = None
-    for chunk in _chunked(request.encode(), cuts):
-        if not reader.done:
-            result = reader.feed(chunk)
+    result, _ = feed_until_done(reader, chunked(request.encode(), cuts))
     assert result is not None
     assert result.connect_address() == Address(host, port)
     assert result.credentials() == hc.BasicCredentials("user", "pw")
@@ -357,11 +344,7 @@ def test_connect_requests_round_trip(host: str, port: int, extra: hc.Headers, cu
 def test_random_bytes_only_raise_declared_errors(data: bytes, cuts: list[int]) -> None:
     for reader in (hc.RequestHeadReader(max_size=256), hc.ResponseHeadReader(max_size=256)):
         try:
-            result = None
-            for chunk in _chunked(data, cuts):
-                if reader.done:
-                    break
-                result = reader.feed(chunk)
+            result, _ = feed_until_done(reader, chunked(data, cuts))
         except errors.HttpProtocolError:
             continue
         if isinstance(result, hc.RequestHead):

@@ -1,10 +1,10 @@
 from __future__ import annotations
 
-import itertools
 import json
 from pathlib import Path
 
 import pytest
+from chunks import chunked, feed_until_done
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -345,12 +345,6 @@ requests = st.builds(
 responses = st.builds(relay.Response, st.integers(0, 255), st.lists(features, max_size=4).map(tuple))
 
 
-def _chunked(data: bytes, cuts: list[int]) -> list[bytes]:
-    points = sorted({c % (len(data) + 1) for c in cuts})
-    bounds = [0, *points, len(data)]
-    return [data[a:b] for a, b in itertools.pairwise(bounds)]
-
-
 @given(requests | responses, st.lists(st.integers(0, 10_000), max_size=8), st.binary(max_size=20))
 @settings(max_examples=300, deadline=None)
 def test_objects_round_trip_through_any_chunking(
@@ -360,13 +354,7 @@ def test_objects_round_trip_through_any_chunking(
     reader: relay.RequestReader | relay.ResponseReader = (
         relay.RequestReader(0xFFFF) if isinstance(obj, relay.Request) else relay.ResponseReader(0xFFFF)
     )
-    result = None
-    after = b""
-    for chunk in _chunked(wire + tail, cuts):
-        if reader.done:
-            after += chunk
-        else:
-            result = reader.feed(chunk)
+    result, after = feed_until_done(reader, chunked(wire + tail, cuts))
     assert result == obj
     assert reader.leftover + after == tail
 
@@ -376,11 +364,7 @@ def test_objects_round_trip_through_any_chunking(
 def test_random_bytes_only_raise_declared_errors(data: bytes, cuts: list[int]) -> None:
     for reader in (relay.RequestReader(), relay.ResponseReader()):
         try:
-            result = None
-            for chunk in _chunked(data, cuts):
-                if reader.done:
-                    break
-                result = reader.feed(chunk)
+            result, _ = feed_until_done(reader, chunked(data, cuts))
         except errors.RelayProtocolError:
             continue
         if result is not None:
@@ -394,7 +378,7 @@ def test_random_bytes_only_raise_declared_errors(data: bytes, cuts: list[int]) -
 def test_datagrams_survive_any_chunking(payloads: list[bytes], cuts: list[int]) -> None:
     wire = b"".join(relay.encode_datagram(p) for p in payloads)
     reader = relay.DatagramReader()
-    out = [d for chunk in _chunked(wire, cuts) for d in reader.feed(chunk)]
+    out = [d for chunk in chunked(wire, cuts) for d in reader.feed(chunk)]
     assert out == payloads and reader.buffered == 0
 
 
@@ -402,7 +386,7 @@ def test_datagrams_survive_any_chunking(payloads: list[bytes], cuts: list[int]) 
 @settings(deadline=None)
 def test_datagram_reader_never_raises_on_random_bytes(data: bytes, cuts: list[int]) -> None:
     reader = relay.DatagramReader()
-    out = [d for chunk in _chunked(data, cuts) for d in reader.feed(chunk)]
+    out = [d for chunk in chunked(data, cuts) for d in reader.feed(chunk)]
     assert sum(len(d) + 2 for d in out) + reader.buffered == len(data)
 
 

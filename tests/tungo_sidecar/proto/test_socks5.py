@@ -1,9 +1,9 @@
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
 import pytest
+from chunks import chunked, feed_until_done
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -283,22 +283,12 @@ READER_FOR: dict[type[Any], type[Any]] = {
 READERS = list(READER_FOR.values())
 
 
-def _chunked(data: bytes, cuts: list[int]) -> list[bytes]:
-    points = sorted({c % (len(data) + 1) for c in cuts})
-    return [data[a:b] for a, b in itertools.pairwise([0, *points, len(data)])]
-
-
 @given(messages, st.lists(st.integers(0, 1000), max_size=8), st.binary(max_size=16))
 @settings(max_examples=300, deadline=None)
 def test_messages_round_trip_through_any_chunking(message: Any, cuts: list[int], tail: bytes) -> None:
     reader = READER_FOR[type(message)]()
     wire = message.encode()
-    result, after = None, b""
-    for chunk in _chunked(wire + tail, cuts):
-        if reader.done:
-            after += chunk
-        else:
-            result = reader.feed(chunk)
+    result, after = feed_until_done(reader, chunked(wire + tail, cuts))
     assert result == message
     assert reader.leftover + after == tail
 
@@ -309,11 +299,7 @@ def test_random_bytes_only_raise_declared_errors(data: bytes, cuts: list[int]) -
     for reader_cls in READERS:
         reader = reader_cls()
         try:
-            result = None
-            for chunk in _chunked(data, cuts):
-                if reader.done:
-                    break
-                result = reader.feed(chunk)
+            result, _ = feed_until_done(reader, chunked(data, cuts))
         except errors.Socks5ProtocolError:
             continue
         if result is not None:

@@ -49,3 +49,36 @@ async def test_a_failed_stop_is_an_error_and_the_rest_still_stop(monkeypatch: py
     with pytest.raises(TungoError, match="tun: postDown of tun failed"):
         await run_until_started(monkeypatch, services)
     assert journal[-2:] == ["stop tun", "stop proxy"]
+
+
+class FailsToStart(Recorded):
+    async def start(self) -> None:
+        raise TungoError(f"{self.name}: address already in use")
+
+
+async def test_running_yields_the_started_services_then_stops_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    journal: list[str] = []
+    services = [Recorded("proxy", journal), Recorded("tun", journal)]
+    monkeypatch.setattr(runner, "build_services", lambda config: list(services))
+    async with asyncio.timeout(5), runner.running(Config()) as up:
+        assert up == services
+        assert journal == ["start proxy", "start tun"]
+    assert journal[2:] == ["stop tun", "stop proxy"]
+
+
+async def test_running_raises_the_start_up_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    journal: list[str] = []
+    services = [Recorded("proxy", journal), FailsToStart("tun", journal)]
+    monkeypatch.setattr(runner, "build_services", lambda config: list(services))
+    with pytest.raises(TungoError, match="tun: address already in use"):
+        async with asyncio.timeout(5), runner.running(Config()):
+            pytest.fail("running yielded although a service failed to start")
+    assert journal == ["start proxy", "stop proxy"]
+
+
+async def test_running_surfaces_an_error_while_stopping(monkeypatch: pytest.MonkeyPatch) -> None:
+    journal: list[str] = []
+    monkeypatch.setattr(runner, "build_services", lambda config: [Recorded("tun", journal, fail_stop=True)])
+    with pytest.raises(TungoError, match="postDown of tun failed"):
+        async with asyncio.timeout(5), runner.running(Config()):
+            pass

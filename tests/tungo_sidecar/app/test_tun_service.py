@@ -68,21 +68,10 @@ async def test_readiness_checks_are_registered_and_start_not_ready() -> None:
 
 @contextlib.asynccontextmanager
 async def relay_server(transport: str) -> AsyncIterator[int]:
+    # Bounds start, the test's probe and stop together; each takes well under a second.
     config = build_config([f"relay+{transport}://u:p@127.0.0.1:0"])
-    stop = asyncio.Event()
-    up: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-
-    def started(running: list[runner.Runnable]) -> None:
-        up.set_result(next(s.port for s in running if isinstance(s, ProxyService)))
-
-    task = asyncio.create_task(runner.run(config, stop=stop, started=started))
-    try:
-        async with asyncio.timeout(10):
-            yield await up
-    finally:
-        stop.set()
-        async with asyncio.timeout(10):
-            await task
+    async with asyncio.timeout(20), runner.running(config) as up:
+        yield next(s.port for s in up if isinstance(s, ProxyService))
 
 
 @pytest.mark.parametrize("transport", ["wss", "tcp"])

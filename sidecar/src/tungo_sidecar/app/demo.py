@@ -625,23 +625,8 @@ async def tun_demo(lab: Lab, size: int, upload_size: int, keep: float = 0.0) -> 
 @contextlib.asynccontextmanager
 async def _tungo(services: Sequence[str], nodes: Sequence[str] = ()) -> AsyncIterator[int]:
     """``tungo -L ... [-F ...]`` running in this process; yields the first service's bound port."""
-    config = build_config(list(services), list(nodes))
-    stop = asyncio.Event()
-    up: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-
-    def started(running: list[runner.Runnable]) -> None:
-        up.set_result(next(s.port for s in running if isinstance(s, ProxyService)))
-
-    task = asyncio.create_task(runner.run(config, stop=stop, started=started))
-    try:
-        waiters: list[asyncio.Future[object]] = [task, up]  # type: ignore[list-item]
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        if task.done():
-            task.result()
-        yield up.result()
-    finally:
-        stop.set()
-        await task
+    async with runner.running(build_config(list(services), list(nodes))) as up:
+        yield next(s.port for s in up if isinstance(s, ProxyService))
 
 
 async def loopback_demo(size: int, transport: str = "wss") -> bool:

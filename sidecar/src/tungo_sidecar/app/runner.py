@@ -1,10 +1,11 @@
 """Runs a parsed ``Config``: builds every service, starts them, serves until SIGTERM/SIGINT, stops cleanly.
 
-Called by ``app.cli`` (``await run(config, health=...)``) and by ``app.demo``. Everything is built
-before anything starts, so a bad config fails with one ``ConfigError`` and nothing listening; then all
-services bind (a port in use fails the same way), health is reported ready, and the services run in
-their own owned tasks until a signal (or ``stop``) arrives. Shutdown closes the listeners, cancels the
-sessions still open and waits for them. Never parses command lines or YAML (``config`` does).
+Called by ``app.cli`` (``await run(config, health=...)``) and, through ``running``, by ``app.demo``.
+Everything is built before anything starts, so a bad config fails with one ``ConfigError`` and nothing
+listening; then all services bind (a port in use fails the same way), health is reported ready, and the
+services run in their own owned tasks until a signal (or ``stop``) arrives. Shutdown closes the
+listeners, cancels the sessions still open and waits for them. Never parses command lines or YAML
+(``config`` does).
 
 Proxy services (relay, socks5, http handlers) are ``net.service.ProxyService``s; each gets a
 ``FlowDialer``: the ``ChainDialer`` of its ``chain`` (``-F``) or a ``DirectDialer``. The TUN data plane
@@ -17,8 +18,8 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol
 
 from tungo_sidecar.app import tun_service
 from tungo_sidecar.app.health import HealthService
@@ -167,6 +168,28 @@ async def run(
     # Reached only on a clean run: a failed stop (postDown, route teardown) must show in the exit status.
     if stop_errors:
         raise TungoError("error while stopping: " + "; ".join(stop_errors))
+
+
+@contextlib.asynccontextmanager
+async def running(config: Config) -> AsyncIterator[list[Runnable]]:
+    """``run(config)`` in a task of the current loop, for the demo and tests that need bound ports.
+
+    Yields the running services once all of them are up, or raises the start-up error instead (a bad
+    config, a port in use); on exit stops them and waits, so an error while stopping surfaces here.
+    """
+    stop = asyncio.Event()
+    up: asyncio.Future[list[Runnable]] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(run(config, stop=stop, started=up.set_result), name="tungo runner")
+    try:
+        either: list[asyncio.Future[Any]] = [task, up]
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        if not up.done():
+            task.result()  # raises the start-up error
+            raise TungoError("tungo: the runner returned before its services were up")
+        yield up.result()
+    finally:
+        stop.set()
+        await task
 
 
 def _on_signal(sig: signal.Signals, stop: asyncio.Event) -> None:

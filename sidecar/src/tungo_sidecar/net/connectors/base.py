@@ -16,6 +16,7 @@ from tungo_sidecar.config.model import Plugin
 from tungo_sidecar.errors import ProtocolError
 from tungo_sidecar.net.stream import CHUNK, Datagrams, Stream, half_closes
 from tungo_sidecar.proto.address import Address
+from tungo_sidecar.proto.reader import MessageReader
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,24 +89,10 @@ def prefixed(stream: Stream, prefix: bytes) -> Stream:
     return PrefixedStream(stream, prefix) if prefix else stream
 
 
-_Message_co = TypeVar("_Message_co", covariant=True)
+_Message = TypeVar("_Message")
 
 
-class MessageReader(Protocol[_Message_co]):
-    """The incremental readers of ``proto`` (relay, socks5, http): feed bytes, get a message once."""
-
-    def feed(self, data: bytes) -> _Message_co | None: ...
-
-    @property
-    def leftover(self) -> bytes: ...
-
-    @property
-    def buffered(self) -> int: ...
-
-
-async def read_message(
-    stream: Stream, reader: MessageReader[_Message_co], what: str
-) -> tuple[_Message_co, bytes]:
+async def read_message(stream: Stream, reader: MessageReader[_Message], what: str) -> tuple[_Message, bytes]:
     """Feed ``stream`` into ``reader`` until it yields its message; return it with the bytes behind it.
 
     The peer closing first raises ``ProtocolError`` naming ``what`` was expected; the reader's own

@@ -25,6 +25,7 @@ import logging
 
 from tungo_sidecar import errors
 from tungo_sidecar.config.model import Service
+from tungo_sidecar.net.connectors.base import PrefixedStream
 from tungo_sidecar.net.dialer import FlowDialer
 from tungo_sidecar.net.handlers.base import first_completed, proxy_streams
 from tungo_sidecar.net.stream import CHUNK, Datagrams, Stream, pipe
@@ -40,21 +41,14 @@ DEFAULT_READ_TIMEOUT = 15.0
 _OK = relay.Response.ok().encode()
 
 
-class _ClientSide:
+class _ClientSide(PrefixedStream):
     """The client's stream with the request's leftover to replay and the OK response still owed."""
 
-    __slots__ = ("_inner", "_owed", "_prefix")
+    __slots__ = ("_owed",)
 
     def __init__(self, inner: Stream, prefix: bytes, owed: bytes | None) -> None:
-        self._inner = inner
-        self._prefix = prefix
+        super().__init__(inner, prefix)
         self._owed = owed
-
-    async def read(self, max_bytes: int = CHUNK) -> bytes:
-        if self._prefix:
-            data, self._prefix = self._prefix[:max_bytes], self._prefix[max_bytes:]
-            return data
-        return await self._inner.read(max_bytes)
 
     async def write(self, data: bytes) -> None:
         if self._owed is not None:
@@ -71,9 +65,6 @@ class _ClientSide:
         if self._owed is not None:
             self._owed = None
             await self._inner.write(relay.Response(status).encode())
-
-    async def close(self) -> None:
-        await self._inner.close()
 
 
 class RelayHandler:

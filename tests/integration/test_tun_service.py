@@ -257,15 +257,20 @@ async def test_sigkill_fails_closed_then_restart_takes_over_and_hooks_run(lab: L
     assert our_state(lab) == ([], [])
 
 
-def test_start_failure_undoes_everything_and_exits_1(lab: Lab) -> None:
-    args = demo.pod_command(extra_query="&postUp=ip link set nosuchdev0 up")
-    proc = subprocess.run(
+def run_in_pod(lab: Lab, args: list[str]) -> subprocess.CompletedProcess[str]:
+    """The tungo CLI in the pod namespace, to completion (bounded)."""
+    return subprocess.run(
         ["ip", "netns", "exec", lab.pod, *demo.tungo_command(), *args],
         capture_output=True,
         text=True,
         timeout=30,
         check=False,
     )
+
+
+def test_start_failure_undoes_everything_and_exits_1(lab: Lab) -> None:
+    args = demo.pod_command(extra_query="&postUp=ip link set nosuchdev0 up")
+    proc = run_in_pod(lab, args)
     assert proc.returncode == 1, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("tungo: error:")]
     assert len(errors) == 1 and "postUp" in errors[0] and "nosuchdev0" in errors[0], proc.stderr
@@ -275,13 +280,7 @@ def test_start_failure_undoes_everything_and_exits_1(lab: Lab) -> None:
 
 def test_bad_tun_settings_are_one_line_exit_2(lab: Lab) -> None:
     args = demo.pod_command(routes="10.0.0.0/33")
-    proc = subprocess.run(
-        ["ip", "netns", "exec", lab.pod, *demo.tungo_command(), *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    proc = run_in_pod(lab, args)
     assert proc.returncode == 2, proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("tungo: error: tungo: route '10.0.0.0/33'"), proc.stderr

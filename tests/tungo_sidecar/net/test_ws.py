@@ -249,20 +249,27 @@ async def test_garbage_frames_after_the_handshake_are_a_protocol_error(start_ser
     await stream.close()
 
 
+async def _accept_upgrade(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, after_upgrade: bytes = b""
+) -> None:
+    """Answer the client's upgrade request by hand with a 101, then write ``after_upgrade``."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    key = next(
+        line.split(b":", 1)[1].strip().decode()
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"sec-websocket-key:")
+    )
+    writer.write(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: " + accept_key(key).encode() + b"\r\n\r\n" + after_upgrade
+    )
+
+
 async def _raw_ws_server(after_upgrade: bytes) -> tuple[asyncio.Server, int]:
     """A hand-rolled peer (no websockets server) that upgrades, sends ``after_upgrade``, closes TCP."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = await reader.readuntil(b"\r\n\r\n")
-        key = next(
-            line.split(b":", 1)[1].strip().decode()
-            for line in head.split(b"\r\n")
-            if line.lower().startswith(b"sec-websocket-key:")
-        )
-        writer.write(
-            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Accept: " + accept_key(key).encode() + b"\r\n\r\n" + after_upgrade
-        )
+        await _accept_upgrade(reader, writer, after_upgrade)
         await writer.drain()
         writer.close()
 
@@ -393,16 +400,7 @@ async def test_data_before_the_peers_close_frame_survives_a_failed_close_echo() 
     go, sent = asyncio.Event(), asyncio.Event()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = await reader.readuntil(b"\r\n\r\n")
-        key = next(
-            line.split(b":", 1)[1].strip().decode()
-            for line in head.split(b"\r\n")
-            if line.lower().startswith(b"sec-websocket-key:")
-        )
-        writer.write(
-            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Accept: " + accept_key(key).encode() + b"\r\n\r\n"
-        )
+        await _accept_upgrade(reader, writer)
         await go.wait()  # after the handshake: these frames reach read(), not the handshake
         frames = b"".join(b"\x82\x7e" + len(m).to_bytes(2, "big") + m for m in messages)
         writer.write(frames + b"\x88\x02\x03\xe8")  # binary messages, then close (1000)

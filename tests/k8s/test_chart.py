@@ -159,9 +159,7 @@ def test_default_render_is_valid_and_wired_together(helm: Path) -> None:
 
 
 def test_operator_command_lines_are_accepted_by_tungo_operator(helm: Path, tmp_path: Path) -> None:
-    build_parser = getattr(operator_main, "build_parser", None)
-    if build_parser is None:  # the controller's CLI (issue 4 part A) has not landed in this checkout
-        pytest.skip("tungo_operator.main.build_parser is not there yet")
+    build_parser = operator_main.build_parser
     default = one(render(helm), "Deployment", "-operator")["spec"]["template"]["spec"]["containers"][0]
     assert build_parser().parse_args(default["command"][1:]).all_namespaces is True
     values = {"operator": {"watchNamespaces": ["shop", "team"], "verbose": True}}

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import importlib
 import json
 import os
@@ -44,7 +43,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -53,6 +51,7 @@ from typing import Any
 
 from tungo_sidecar.app import demo
 from tungo_sidecar.app.demo import SRV_POD4, TGT4, Lab, Proc
+from tungo_sidecar.routing.netns import run_in_netns
 
 TARGET_NET4 = "198.19.20.0/24"
 TARGET_NET6 = "fd19:20::/64"
@@ -61,7 +60,6 @@ ECHO_PORT = 7007
 IN_FLIGHT = 4
 MTU = 1420
 TICKS = os.sysconf("SC_CLK_TCK")
-_CLONE_NEWNET = 0x40000000
 
 # The issue's targets, for the verdict in the report.
 TARGETS = {
@@ -109,35 +107,9 @@ async def _serve_echo(port: int) -> None:
 
 
 # --- helpers -------------------------------------------------------------------------------------------
-def _enter(ns: str) -> None:
-    """Switch the calling thread into namespace ``ns`` (sockets it creates live there)."""
-    fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
-    try:
-        if ctypes.CDLL(None, use_errno=True).setns(fd, _CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns {ns}")
-    finally:
-        os.close(fd)
-
-
 def in_thread_ns(ns: str, fn: Callable[[], Any], timeout: float = 120.0) -> Any:
-    result: list[Any] = []
-
-    def run() -> None:
-        try:
-            _enter(ns)
-            result.append((True, fn()))
-        except BaseException as exc:
-            result.append((False, exc))
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join(timeout)
-    if not result:
-        raise RuntimeError(f"thread in {ns} did not finish within {timeout:g}s")
-    ok, value = result[0]
-    if not ok:
-        raise value
-    return value
+    """``fn()`` on a fresh thread inside namespace ``ns`` (sockets it creates live there)."""
+    return run_in_netns(ns, fn, wait=timeout)
 
 
 def cpu_ticks(pid: int) -> int:

@@ -12,23 +12,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import itertools
 import json
 import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tungo_sidecar.routing.netns import run_in_netns
+
 T = TypeVar("T")
-_CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
 _counter = itertools.count()
 RUNNER = Path(__file__).with_name("tun_runner.py")  # tests/helpers/tun_runner.py
 
@@ -47,27 +45,7 @@ def sh(*argv: str, check: bool = True) -> str:
 
 def in_netns(ns: str, fn: Callable[[], T]) -> T:
     """Run ``fn`` on a fresh thread inside network namespace ``ns`` and return its result."""
-    result: list[Any] = []
-
-    def target() -> None:
-        try:
-            fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
-            try:
-                if _libc.setns(fd, _CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), f"setns {ns}")
-            finally:
-                os.close(fd)
-            result.append(("ok", fn()))
-        except BaseException as exc:
-            result.append(("err", exc))
-
-    thread = threading.Thread(target=target)
-    thread.start()
-    thread.join(30)
-    kind, value = result[0]
-    if kind == "err":
-        raise value
-    return value  # type: ignore[no-any-return]
+    return run_in_netns(ns, fn, wait=30)
 
 
 class NetnsSet:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import hashlib
 import itertools
 import json
@@ -38,7 +37,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -53,6 +51,7 @@ from tungo_sidecar.net.connectors import HopContext, make_connector
 from tungo_sidecar.net.service import ProxyService
 from tungo_sidecar.net.stream import SocketStream
 from tungo_sidecar.proto.address import Address
+from tungo_sidecar.routing.netns import run_in_netns
 from tungo_sidecar.routing.plan import TABLE
 
 T = TypeVar("T")
@@ -73,7 +72,6 @@ HEALTH_PORT = 9190
 READY_TIMEOUT = 30.0
 STEP_TIMEOUT = 60.0
 
-_CLONE_NEWNET = 0x40000000
 _NAME = re.compile(r"^tgd(\d+)x\d+(pod|srv|tgt)$")
 _ids = itertools.count()
 
@@ -96,29 +94,7 @@ def sh(*argv: str, check: bool = True) -> str:
 def in_netns(ns: str, fn: Callable[[], T]) -> T:
     """Run ``fn`` on a short-lived thread switched into namespace ``ns``: sockets it creates live there,
     and keep working from any thread (a socket belongs to the namespace it was created in)."""
-    result: list[tuple[bool, Any]] = []
-
-    def target() -> None:
-        try:
-            fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
-            try:
-                if ctypes.CDLL(None, use_errno=True).setns(fd, _CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), f"setns {ns}")
-            finally:
-                os.close(fd)
-            result.append((True, fn()))
-        except BaseException as exc:
-            result.append((False, exc))
-
-    thread = threading.Thread(target=target, name=f"netns {ns}")
-    thread.start()
-    thread.join(30)
-    if not result:
-        raise RuntimeError(f"netns {ns}: the helper thread did not finish")
-    ok, value = result[0]
-    if not ok:
-        raise value
-    return value  # type: ignore[no-any-return]
+    return run_in_netns(ns, fn, wait=30)
 
 
 @dataclass

@@ -25,11 +25,8 @@ In a container ``/proc/sys`` is often read-only; then a warning names the pod-le
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
-import os
 import shutil
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +34,7 @@ from typing import TypeVar
 
 from tungo_sidecar.errors import TunError
 from tungo_sidecar.routing.inbound import InboundRuleset
+from tungo_sidecar.routing.netns import run_in_netns
 from tungo_sidecar.routing.process import run_process
 
 log = logging.getLogger(__name__)
@@ -44,8 +42,6 @@ T = TypeVar("T")
 
 #: One ``nft`` run: it loads a handful of rules; anything slower than this is stuck.
 NFT_TIMEOUT = 10.0
-_NETNS_RUN_DIR = "/run/netns"
-_CLONE_NEWNET = 0x40000000
 _SYSCTL_CONF = Path("/proc/sys/net/ipv4/conf")
 _STDERR_TAIL = 400
 
@@ -139,30 +135,10 @@ def _read_int(path: Path) -> int:
 
 
 def _in_netns(netns: str | None, fn: Callable[[], T]) -> T:
-    """``fn()`` here, or on a fresh thread switched into ``netns`` (its ``/proc/sys/net`` is then that
-    namespace's). A fresh thread, never a pooled one: it must not stay in the other namespace."""
+    """``fn()`` here, or inside ``netns`` (its ``/proc/sys/net`` is then that namespace's)."""
     if not netns:
         return fn()
-    result: list[T] = []
-    failure: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            fd = os.open(os.path.join(_NETNS_RUN_DIR, netns), os.O_RDONLY)
-            try:
-                if libc.setns(fd, _CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, f"setns {netns}: {os.strerror(err)}")
-            finally:
-                os.close(fd)
-            result.append(fn())
-        except BaseException as exc:
-            failure.append(exc)
-
-    thread = threading.Thread(target=target, name=f"netns {netns}", daemon=True)
-    thread.start()
-    thread.join()
-    if failure:
-        raise TunError(f"routing: in netns {netns!r}: {failure[0]}") from failure[0]
-    return result[0]
+    try:
+        return run_in_netns(netns, fn)
+    except Exception as exc:
+        raise TunError(f"routing: in netns {netns!r}: {exc}") from exc

@@ -139,10 +139,19 @@ def test_bad_gateway_is_rejected_with_the_field_path(spec: dict[str, Any], messa
         ({"matchExpressions": [{"key": "a", "operator": "NotIn", "values": ["1"]}]}, {"a": "1"}, False),
         ({"matchExpressions": [{"key": "a", "operator": "Exists"}]}, {"a": ""}, True),
         ({"matchExpressions": [{"key": "a", "operator": "DoesNotExist"}]}, {"a": ""}, False),
+        # Empty label values are valid in Kubernetes, in matchLabels and in expression values alike.
+        ({"matchLabels": {"a": ""}}, {"a": ""}, True),
+        ({"matchLabels": {"a": ""}}, {"a": "1"}, False),
+        ({"matchExpressions": [{"key": "a", "operator": "In", "values": [""]}]}, {"a": ""}, True),
     ],
 )
 def test_label_selector(selector: dict[str, Any], labels: dict[str, str], expected: bool) -> None:
     assert parse_label_selector(selector, "sel").matches(labels) is expected
+
+
+def test_label_selector_values_longer_than_a_label_value_are_refused() -> None:
+    with pytest.raises(SpecError, match=r"sel.matchLabels.a: longer than 63 characters"):
+        parse_label_selector({"matchLabels": {"a": "v" * 64}}, "sel")
 
 
 def test_gateway_name_must_fit_a_label_and_the_secret_name() -> None:

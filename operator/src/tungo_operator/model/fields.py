@@ -58,12 +58,15 @@ def string(
     hint: str = "",
     choices: Sequence[str] = (),
     max_len: int = 253,
+    allow_empty: bool = False,
 ) -> str:
     if not isinstance(value, str):
         raise SpecError(f"{path}: expected a string, got {_type_name(value)} {value!r}")
     if choices and value not in choices:
         raise SpecError(f"{path}: unknown value {value!r} (expected one of: {', '.join(choices)})")
     if not value:
+        if allow_empty:
+            return value
         raise SpecError(f"{path}: must not be empty")
     if len(value) > max_len:
         raise SpecError(f"{path}: longer than {max_len} characters")
@@ -86,21 +89,32 @@ def integer(value: object, path: str, *, low: int, high: int) -> int:
     return value
 
 
-def strings(value: object, path: str, *, max_items: int, max_len: int = 253) -> tuple[str, ...]:
+def strings(
+    value: object, path: str, *, max_items: int, max_len: int = 253, allow_empty: bool = False
+) -> tuple[str, ...]:
     if not isinstance(value, list):
         raise SpecError(f"{path}: expected a list of strings, got {_type_name(value)}")
     if len(value) > max_items:
         raise SpecError(f"{path}: more than {max_items} items")
-    return tuple(string(item, f"{path}[{i}]", max_len=max_len) for i, item in enumerate(value))
+    return tuple(
+        string(item, f"{path}[{i}]", max_len=max_len, allow_empty=allow_empty) for i, item in enumerate(value)
+    )
 
 
-def string_map(value: object, path: str, *, max_items: int = 32) -> tuple[tuple[str, str], ...]:
+def string_map(
+    value: object, path: str, *, max_items: int = 32, max_len: int = 4096, allow_empty: bool = False
+) -> tuple[tuple[str, str], ...]:
     """A ``{string: string}`` object, as sorted pairs (hashable, deterministic output order)."""
     if not isinstance(value, Mapping):
         raise SpecError(f"{path}: expected an object of strings, got {_type_name(value)}")
     if len(value) > max_items:
         raise SpecError(f"{path}: more than {max_items} entries")
-    return tuple(sorted((str(k), string(v, f"{path}.{k}", max_len=4096)) for k, v in value.items()))
+    return tuple(
+        sorted(
+            (str(k), string(v, f"{path}.{k}", max_len=max_len, allow_empty=allow_empty))
+            for k, v in value.items()
+        )
+    )
 
 
 def duration(value: object, path: str) -> str:

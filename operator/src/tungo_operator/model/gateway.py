@@ -98,7 +98,10 @@ class Gateway:
 
 def parse_label_selector(value: object, path: str) -> LabelSelector:
     raw = fields.obj(value, path, allowed=("matchLabels", "matchExpressions"))
-    labels = fields.string_map(raw.get("matchLabels", {}), f"{path}.matchLabels", max_items=64)
+    # Label values may be empty in Kubernetes (at most 63 characters): `app: ""` is a valid selector.
+    labels = fields.string_map(
+        raw.get("matchLabels", {}), f"{path}.matchLabels", max_items=64, max_len=63, allow_empty=True
+    )
     exprs_raw = raw.get("matchExpressions", [])
     if not isinstance(exprs_raw, list):
         raise SpecError(f"{path}.matchExpressions: expected a list")
@@ -108,7 +111,9 @@ def parse_label_selector(value: object, path: str) -> LabelSelector:
         eraw = fields.obj(item, epath, allowed=("key", "operator", "values"), required=("key", "operator"))
         key = fields.string(eraw["key"], f"{epath}.key", max_len=317)
         op = fields.string(eraw["operator"], f"{epath}.operator", choices=SELECTOR_OPERATORS)
-        values = fields.strings(eraw.get("values", []), f"{epath}.values", max_items=256, max_len=63)
+        values = fields.strings(
+            eraw.get("values", []), f"{epath}.values", max_items=256, max_len=63, allow_empty=True
+        )
         if op in ("In", "NotIn") and not values:
             raise SpecError(f"{epath}.values: operator {op} needs at least one value")
         if op in ("Exists", "DoesNotExist") and values:

@@ -107,10 +107,14 @@ while time.monotonic() < deadline:
 
 
 @contextmanager
-def tun_holder(ns: str, name: str = "tungo", addrs: tuple[str, ...] = ("192.168.123.1/24",)) -> Iterator[int]:
-    """A child process inside ``ns`` holding TUN ``name`` open; yields its pid (SIGKILL it to crash)."""
+def tun_child(
+    ns: str, script: str, name: str, addrs: tuple[str, ...], *, stdin: bool = False
+) -> Iterator[subprocess.Popen[str]]:
+    """A Python child inside ``ns`` running ``script`` (which opens TUN ``argv[1]`` and prints READY);
+    the TUN is then configured with ``addrs``. SIGKILLed and reaped on exit, even after a failure."""
     proc = subprocess.Popen(
-        ["ip", "netns", "exec", ns, sys.executable, "-c", _TUN_HOLDER, name],
+        ["ip", "netns", "exec", ns, sys.executable, "-c", script, name],
+        stdin=subprocess.PIPE if stdin else None,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -119,18 +123,24 @@ def tun_holder(ns: str, name: str = "tungo", addrs: tuple[str, ...] = ("192.168.
         assert proc.stdout is not None
         line = proc.stdout.readline()
         assert line.strip() == "READY", (
-            f"tun holder failed: {line!r} {proc.stderr.read() if proc.stderr else ''}"
+            f"TUN child failed: {line!r} {proc.stderr.read() if proc.stderr else ''}"
         )
         configure_tun(ns, name, addrs)
-        yield proc.pid
+        yield proc
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
-        if proc.stdout:
-            proc.stdout.close()
-        if proc.stderr:
-            proc.stderr.close()
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            if stream:
+                stream.close()
+
+
+@contextmanager
+def tun_holder(ns: str, name: str = "tungo", addrs: tuple[str, ...] = ("192.168.123.1/24",)) -> Iterator[int]:
+    """A child process inside ``ns`` holding TUN ``name`` open; yields its pid (SIGKILL it to crash)."""
+    with tun_child(ns, _TUN_HOLDER, name, addrs) as proc:
+        yield proc.pid
 
 
 def wait_gone(ns: str, dev: str, timeout: float = 5.0) -> None:

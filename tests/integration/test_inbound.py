@@ -22,7 +22,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,28 +96,8 @@ class Pod:
 
 @contextlib.contextmanager
 def tun_reader(ns: str) -> Iterator[subprocess.Popen[str]]:
-    proc = subprocess.Popen(
-        ["ip", "netns", "exec", ns, sys.executable, "-c", _TUN_READER, "tungo"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert line.strip() == "READY", (
-            f"TUN reader failed: {line!r} {proc.stderr.read() if proc.stderr else ''}"
-        )
-        rn.configure_tun(ns, "tungo", ("192.168.123.1/24", "fd00:123::1/64"))
+    with rn.tun_child(ns, _TUN_READER, "tungo", ("192.168.123.1/24", "fd00:123::1/64"), stdin=True) as proc:
         yield proc
-    finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-        for stream in (proc.stdin, proc.stdout, proc.stderr):
-            if stream:
-                stream.close()
 
 
 @pytest.fixture
@@ -257,6 +236,10 @@ async def test_probe_from_a_captured_address_fails_without_the_ruleset_and_works
             await routes_only.stop()
         assert nft_tables(pod.ns) == ""
 
+    # A fresh listener for the fix: closing this one drops the half-open connection above, whose
+    # SYN-ACK retransmissions (1 s, 3 s, 7 s... later, unmarked) would otherwise reach the TUN
+    # during the next phase and fail its "no reply went into the TUN" check at random.
+    async with readyz_server(pod.ns, (POD4, POD6)):
         # The fix: the same capture with the inbound ruleset.
         capture = Capture(settings, None, netns=pod.ns)
         assert capture.inbound_rules == make_inbound("tungo", mark=FWMARK)

@@ -79,9 +79,10 @@ async def test_ipv6echo(tun_pod: TunPod) -> None:
     payload = DATA[: 4 << 20]
     async with serve(tun_pod, echo, "::") as port:
         reader, writer = await connect(tun_pod, tun_pod.target6, port)
-        sender = asyncio.create_task(_send_all(writer, payload))
-        got = await asyncio.wait_for(reader.readexactly(len(payload)), 15)
-        await sender
+        # The task group owns the sender: a failed read cancels it instead of leaving it behind.
+        async with asyncio.TaskGroup() as group:
+            group.create_task(_send_all(writer, payload))
+            got = await asyncio.wait_for(reader.readexactly(len(payload)), 15)
         writer.close()
     assert got == payload
 

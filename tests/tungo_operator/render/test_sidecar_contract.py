@@ -13,9 +13,12 @@ import yaml
 from tungo_operator.model.chain import parse_chain
 from tungo_operator.model.gateway import parse_gateway
 from tungo_operator.render.config import decode_secret, render_config
+from tungo_sidecar.app.bypasses import compile_all, policy_for
+from tungo_sidecar.chain.route import Flow, Route
 from tungo_sidecar.config import yaml_io
 from tungo_sidecar.config.tun import TunSettings
 from tungo_sidecar.config.validate import insecure_tls_nodes
+from tungo_sidecar.proto.address import Address, Network
 
 ROOT = Path(__file__).resolve().parents[3]
 CA = next(
@@ -124,14 +127,22 @@ def test_full_gateway_arrives_where_the_sidecar_reads_it() -> None:
     )
 
     bypasses = {b.name: b for b in config.bypasses}
-    assert service.bypass == "bypass-full" and bypasses["bypass-full"].reverse
+    assert service.bypasses == () and bypasses["bypass-full"].reverse
     assert bypasses["bypass-full"].matchers == ("*.corp.example", "192.0.2.0/24")
 
     chain = config.chain("two-hops")
     edge, exit_hop = chain.hops
-    assert edge.bypass == "bypass-two-hops-edge" and bypasses["bypass-two-hops-edge"].matchers == (
-        "intranet.example",
-    )
+    assert edge.bypasses == ("bypass-full", "bypass-two-hops-edge")
+    assert bypasses["bypass-two-hops-edge"].matchers == ("intranet.example",)
+    # What the sidecar then does with them: the gateway's whitelist keeps only its names on the chain,
+    # the Chain's first-hop bypass sends its name direct (GOST's group: whitelists AND, blacklists OR).
+    policy = policy_for(service, config, compile_all(config))
+
+    def route(host: str) -> Route:
+        return policy.decide(Flow(Network.TCP, None, Address(host, 443))).route
+
+    assert route("git.corp.example") is Route.CHAIN and route("192.0.2.7") is Route.CHAIN
+    assert route("intranet.example") is Route.DIRECT and route("www.example.org") is Route.DIRECT
     assert edge.selector is not None and (
         edge.selector.strategy,
         edge.selector.max_fails,

@@ -9,6 +9,7 @@ import pytest
 
 from tungo_sidecar.app import runner
 from tungo_sidecar.config.model import Config
+from tungo_sidecar.config.url import build_config
 from tungo_sidecar.errors import TungoError
 
 
@@ -82,3 +83,16 @@ async def test_running_surfaces_an_error_while_stopping(monkeypatch: pytest.Monk
     with pytest.raises(TungoError, match="postDown of tun failed"):
         async with asyncio.timeout(5), runner.running(Config()):
             pass
+
+
+def test_node_selection_not_built_yet_is_a_loud_warning(caplog: pytest.LogCaptureFixture) -> None:
+    # Declared means applied: GOST's selector is parsed, so until fail-over exists a start says so.
+    config = build_config(
+        ["socks5://:1080"], ["relay://198.18.0.9:8421,198.18.0.10:8421?strategy=fifo&maxFails=2"]
+    )
+    caplog.set_level("WARNING", "tungo_sidecar.app.runner")
+    runner.warn_unapplied(config)
+    assert "hop hop-0: selector strategy 'fifo' is NOT applied; 2 nodes" in caplog.text
+    caplog.clear()
+    runner.warn_unapplied(build_config(["socks5://:1080"], ["relay://198.18.0.9:8421?strategy=fifo"]))
+    assert caplog.text == ""

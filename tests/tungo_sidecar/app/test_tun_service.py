@@ -48,7 +48,7 @@ def test_service_so_mark_and_interface_win() -> None:
 
 def test_without_a_chain_dials_direct_and_needs_no_chain_check() -> None:
     svc = built([TUN])
-    assert svc.probe is None and svc.dialer is svc.direct
+    assert svc.probe is None and svc.dialer.chain is None and svc.dialer.direct is svc.direct
     assert svc.ready_chain.ok
 
 

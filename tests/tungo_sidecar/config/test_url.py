@@ -296,10 +296,10 @@ def test_bypass_on_hop_and_service_with_whitelist_and_numbering() -> None:
         BypassConfig(name="bypass-2", matchers=("*.example.com", "10.0.0.0/8"), reverse=True),
     )
     hops = config.chains[0].hops
-    assert [h.bypass for h in hops] == ["bypass-0", None, "bypass-1"]
+    assert [h.bypasses for h in hops] == [("bypass-0",), (), ("bypass-1",)]
     assert "bypass" not in hops[0].metadata and "bypass" not in hops[0].nodes[0].metadata
     service = only_service(config)
-    assert service.bypass == "bypass-2"
+    assert service.bypasses == ("bypass-2",)
     # GOST removes it from the handler's options only
     assert "bypass" not in service.handler.metadata
     assert service.listener.metadata["bypass"] == "~*.example.com,10.0.0.0/8"

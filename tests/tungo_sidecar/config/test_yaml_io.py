@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -141,6 +142,34 @@ def test_gost_defaults_for_missing_types_and_names() -> None:
     ]
 
 
+def test_several_bypasses_are_one_group_in_order_and_print_back_as_written() -> None:
+    config = load(
+        """
+        services: [{name: s, addr: ':1', handler: {type: http}, bypass: a, bypasses: [b, a]}]
+        bypasses: [{name: a, matchers: [x.test]}, {name: b, whitelist: true, file: {path: /etc/b.txt}}]
+        """
+    )
+    assert config.services[0].bypasses == ("a", "b")
+    assert config.bypasses[1].file == "/etc/b.txt" and config.bypasses[1].reverse
+    data = to_data(config, "yaml")
+    assert data["services"][0]["bypasses"] == ["a", "b"]
+    assert data["bypasses"][1] == {"name": "b", "whitelist": True, "file": {"path": "/etc/b.txt"}}
+    assert load(yaml.safe_dump(data)) == config
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("bypasses: [{name: b, file: {}}]", "bypasses[0].file.path: missing"),
+        ("bypasses: [{name: b, file: {path: /x, type: redis}}]", "bypasses[0].file.type: unknown key"),
+        ("bypasses: [{name: b, redis: {addr: 'h:1'}}]", "bypasses[0].redis: not supported"),
+    ],
+)
+def test_bad_bypass_loaders(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load(text)
+
+
 def test_bypass_reverse_and_whitelist_mean_the_same() -> None:
     config = load(
         """
@@ -178,7 +207,7 @@ def test_selector_durations_and_deprecated_sockopts() -> None:
     h, g = config.chains[0].hops
     assert h.selector == Selector("rand", 2, 90.0)
     assert h.metadata == {"so_mark": 7} and h.interface == "eth9"
-    assert h.nodes[0].bypass == "b"
+    assert h.nodes[0].bypasses == ("b",)
     assert g.selector == Selector("round", 1, 5.0)  # a bare number is a Go duration in nanoseconds
     assert g.nodes[0].metadata == {"so_mark": 3}  # metadata wins over the deprecated field
     assert to_data(config, "json")["chains"][0]["hops"][0]["selector"]["failTimeout"] == 90_000_000_000
@@ -253,7 +282,10 @@ def test_top_level_sections_tungo_ignores_only_warn(caplog: pytest.LogCaptureFix
             "services: [{name: s, addr: ':1', handler: {type: http, auth: {file: f}}}]",
             "auth.file: not supported",
         ),
-        ("services: [{name: s, addr: ':1', bypasses: [a, b]}]", "several bypasses are not supported"),
+        (
+            "services: [{name: s, addr: ':1', handler: {type: http}, bypasses: [a, b]}]",
+            'bypass "a" names no bypass',
+        ),
         (
             "services: [{name: s, addr: ':1', metadata: {1: x}}]",
             "services[0].metadata: key 1 is not a string",

@@ -9,6 +9,12 @@ never into a custom resource. Called by ``tungo_operator.handlers``; must never 
 The YAML follows GOST v3's schema (services, chains → hops → nodes, bypasses) with GOST's metadata
 keys: the tungo listener (name, net, mtu, dns, route, gw) and handler (udpTimeout, sniffing*). One key
 is tungo's own: listener ``exclude``, the comma-separated CIDRs the sidecar keeps out of the TUN routes.
+
+Bypass scopes follow GOST (``tungo_sidecar.chain.route``): a hop's bypass ends the route before that
+hop. The TunGateway's ``bypass`` ("dialed directly instead of through the chain") is therefore the
+*first hop's* bypass, listed before the Chain's own first-hop bypass when it has one (GOST applies a
+hop's bypasses as a group). Rendering it as the service's bypass would make the sidecar *refuse* those
+destinations: in GOST a service-level bypass closes the connection.
 """
 
 from __future__ import annotations
@@ -142,6 +148,10 @@ def render_config(gateway: Gateway, chain: Chain, secrets: SecretContents) -> Re
     """The config Secret's files for ``gateway`` over ``chain`` (model errors when a reference fails)."""
     files: dict[str, str] = {}
     bypasses: list[dict[str, Any]] = []
+    gateway_bypass: str | None = None
+    if gateway.bypass is not None:
+        gateway_bypass = f"bypass-{gateway.name}"
+        bypasses.append(_bypass(gateway_bypass, gateway.bypass))
 
     hops: list[dict[str, Any]] = []
     for h, hop in enumerate(chain.hops):
@@ -153,10 +163,14 @@ def render_config(gateway: Gateway, chain: Chain, secrets: SecretContents) -> Re
                 "failTimeout": hop.selector.fail_timeout,
             },
         }
+        names = [gateway_bypass] if h == 0 and gateway_bypass is not None else []
         if hop.bypass is not None:
-            name = f"bypass-{chain.name}-{hop.name}"
-            rendered_hop["bypass"] = name
-            bypasses.append(_bypass(name, hop.bypass))
+            names.append(f"bypass-{chain.name}-{hop.name}")
+            bypasses.append(_bypass(names[-1], hop.bypass))
+        if len(names) == 1:
+            rendered_hop["bypass"] = names[0]
+        elif names:
+            rendered_hop["bypasses"] = names
         rendered_hop["nodes"] = [
             _render_node(chain, hop.name, f"spec.hops[{h}].nodes[{n}]", node, secrets=secrets, files=files)
             for n, node in enumerate(hop.nodes)
@@ -188,10 +202,6 @@ def render_config(gateway: Gateway, chain: Chain, secrets: SecretContents) -> Re
         "handler": {"type": "tungo", "chain": chain.name, "metadata": handler_md},
         "listener": {"type": "tungo", "metadata": listener_md},
     }
-    if gateway.bypass is not None:
-        name = f"bypass-{gateway.name}"
-        service["bypass"] = name
-        bypasses.insert(0, _bypass(name, gateway.bypass))
     service_md: dict[str, Any] = {}
     if tun.post_up:
         service_md["postUp"] = list(tun.post_up)

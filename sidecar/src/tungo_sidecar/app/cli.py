@@ -53,6 +53,13 @@ examples:
   # tun2socks: capture traffic with a TUN device, send it through a relay over wss
   tungo -L "tungo://:0?name=tungo&net=192.168.123.1/24&mtu=1420&dns=1.1.1.1" \\
         -F "relay+wss://user:pass@relay.example.com:443?interface=eth0"
+  # split tunnel: sniff HTTP Host / TLS SNI; example.com leaves directly, the rest via the relay
+  tungo -L "tungo://:0?name=tungo&net=192.168.123.1/24&mtu=1420&interface=eth0&sniffing=true" \\
+        -F "relay+wss://relay.example.com:443?interface=eth0&bypass=example.com"
+  #   bypass on -F (a hop): a match goes around the chain (first hop: direct); on -L: a match is refused.
+  #   matchers: example.com, .example.com (+ subdomains), *.example.com, host:443, host:8000-9000,
+  #   10.0.0.0/8, 10.0.0.1-10.0.0.9, 2001:db8::1; "~" first = whitelist (only those keep the chain).
+  #   sniffing.udp=true learns names from DNS answers; sniffing.timeout=300ms; sniffing.fallback=true
   # the server end of that tunnel
   tungo -L "relay+wss://user:pass@:443?certFile=cert.pem&keyFile=key.pem"
   # a local SOCKS5 proxy through two hops

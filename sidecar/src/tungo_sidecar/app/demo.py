@@ -68,9 +68,16 @@ SRV_TGT6, TGT6 = "fd19:20::1", "fd19:20::2"
 TUN_NET = "192.168.123.1/24,fd00:123::1/64"
 RELAY_PORT = 8443
 HEALTH_PORT = 9190
+#: The split tunnel's two names: the first is the pod's bypass (direct out of eth0), the second is not.
+#: Apps send them as HTTP Host headers; the target answers both (they resolve nowhere: no DNS needed).
+DIRECT_NAME, TUNNEL_NAME = "direct.demo.test", "tunnel.demo.test"
 #: Bounded waits: a step that has not happened by then has failed.
 READY_TIMEOUT = 30.0
 STEP_TIMEOUT = 60.0
+
+#: ``ip netns exec NS`` mounts the files of ``/etc/netns/NS/`` over ``/etc`` (iproute2): a per-namespace
+#: ``hosts`` file names the lab's hosts for the processes started in it, and nowhere else.
+NETNS_ETC = Path("/etc/netns")
 
 _NAME = re.compile(r"^tgd(\d+)x\d+(pod|srv|tgt)$")
 _ids = itertools.count()
@@ -189,6 +196,16 @@ class Lab:
         # the target, so "nothing arrived" in the tests means "nothing was sent", not "nothing routes".
         sh("ip", "netns", "exec", self.srv, "sysctl", "-qw", "net.ipv4.ip_forward=1")
         sh("ip", "netns", "exec", self.srv, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
+        # The relay server resolves the names the pod's apps ask for (sniffed: the chain is asked for
+        # the name, not the address); the target answers for both of the split tunnel's names.
+        self.hosts(self.srv, {DIRECT_NAME: TGT4, TUNNEL_NAME: TGT4})
+
+    def hosts(self, ns: str, names: dict[str, str]) -> None:
+        """Make ``names`` (name -> address) resolvable by processes this lab starts in ``ns``."""
+        folder = NETNS_ETC / ns
+        folder.mkdir(parents=True, exist_ok=True)
+        lines = ["127.0.0.1 localhost", "::1 localhost", *(f"{ip} {name}" for name, ip in names.items())]
+        (folder / "hosts").write_text("\n".join(lines) + "\n")
 
     def spawn(self, ns: str, name: str, argv: Sequence[str], env: dict[str, str] | None = None) -> Proc:
         """Start ``argv`` inside ``ns`` (``ip netns exec`` execs it: the pid is the process itself)."""
@@ -243,6 +260,7 @@ def delete_namespace(ns: str) -> None:
         with contextlib.suppress(ProcessLookupError, ValueError, PermissionError):
             os.kill(int(pid), signal.SIGKILL)
     sh("ip", "netns", "del", ns, check=False)
+    shutil.rmtree(NETNS_ETC / ns, ignore_errors=True)
 
 
 # --- app-side helpers (the demo, the tests and the benchmark act as apps inside the namespaces) -------
@@ -263,11 +281,14 @@ async def connect(lab: Lab, ns: str, host: str, port: int) -> Pipe:
     return await asyncio.open_connection(sock=sock, limit=1 << 20)
 
 
-async def http_get(lab: Lab, ns: str, host: str, port: int, path: str) -> tuple[int, bytes]:
-    """A one-shot HTTP/1.1 GET from inside ``ns``: (status, body)."""
+async def http_get(
+    lab: Lab, ns: str, host: str, port: int, path: str, *, name: str | None = None
+) -> tuple[int, bytes]:
+    """A one-shot HTTP/1.1 GET from inside ``ns`` to ``host`` (``Host: name``, default ``host``)."""
     reader, writer = await connect(lab, ns, host, port)
     try:
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        request = f"GET {path} HTTP/1.1\r\nHost: {name or host}\r\nConnection: close\r\n\r\n"
+        writer.write(request.encode())
         await writer.drain()
         data = await reader.read()
     finally:
@@ -409,6 +430,8 @@ class Targets:
                 body = f"{length} {digest.hexdigest()}\n".encode()
             elif path == "/blob":
                 body = self.blob
+            elif path == "/peer":  # which address the request came from: the split tunnel's witness
+                body = f"{writer.get_extra_info('peername')[0]}".removeprefix("::ffff:").encode()
             else:
                 body = b"<h1>hello from the target namespace, through tungo</h1>\n"
             writer.write(_ok_head(len(body)))
@@ -505,13 +528,16 @@ def pod_command(
     routes: str = "0.0.0.0/0,::/0",
     extra_query: str = "",
     health: int = HEALTH_PORT,
+    split: bool = False,
 ) -> list[str]:
-    """The GOST-style command line the pod's tungo runs."""
+    """The GOST-style command line the pod's tungo runs; ``split`` adds the seed's split tunnel
+    (``sniffing=true`` on the TUN, ``bypass=DIRECT_NAME`` on the relay hop)."""
+    sniffing, bypass = ("&sniffing=true", f"&bypass={DIRECT_NAME}") if split else ("", "")
     return [
         "-L",
-        f"tungo://:0?name=tungo&net={TUN_NET}&mtu=1420&route={routes}{extra_query}",
+        f"tungo://:0?name=tungo&net={TUN_NET}&mtu=1420&route={routes}{sniffing}{extra_query}",
         "-F",
-        f"relay+wss://{USER}:{PASSWORD}@{relay}?interface=eth0",
+        f"relay+wss://{USER}:{PASSWORD}@{relay}?interface=eth0{bypass}",
         "--health",
         f"{LOOPBACK}:{health}",
     ]
@@ -532,7 +558,7 @@ async def tun_demo(lab: Lab, size: int, upload_size: int, keep: float = 0.0) -> 
     async with Targets(lab, blob) as targets:
         server = lab.tungo(lab.srv, "server", *server_command())
         await wait_listening(lab, lab.pod, SRV_POD4, RELAY_PORT)
-        pod_args = pod_command()
+        pod_args = pod_command(split=True)
         pod = lab.tungo(lab.pod, "pod", *pod_args)
         print(f"namespaces   : pod {lab.pod}, relay server {lab.srv}, target {lab.tgt}")
         print(f"server       : tungo {' '.join(server_command()).replace(PASSWORD, '***')}")
@@ -570,6 +596,7 @@ async def tun_demo(lab: Lab, size: int, upload_size: int, keep: float = 0.0) -> 
             f"target saw   : {targets.connections} TCP connection(s) from {', '.join(sorted(targets.peers))}"
             f" ({'the relay server only' if from_relay else 'NOT only the relay server'})"
         )
+        ok &= await _split_tunnel(lab, targets.http_port)
         if keep > 0:
             # The lab stays up so a person can look around; Ctrl-C ends it early, cleanly.
             print(f"keeping      : the lab for {keep:g} s (Ctrl-C to end now); try, in another shell:")
@@ -587,13 +614,30 @@ async def tun_demo(lab: Lab, size: int, upload_size: int, keep: float = 0.0) -> 
             print(
                 f"engine       : {stats['tcp_flows']} TCP flows, {stats['udp_sessions']} UDP sessions, "
                 f"{stats['packets_in']:,} packets in / {stats['packets_out']:,} out, "
-                f"{stats['tcp_dial_failures']} dial failures, {sum(stats['drops'].values())} dropped"
+                f"{stats['tcp_dial_failures']} dial failures, {sum(stats['drops'].values())} dropped; "
+                f"routes: {stats['route_direct']} direct, {stats['route_chain']} chain, "
+                f"{stats['route_refused']} refused"
             )
         ok &= pod_status == 0
         leftovers = sh("ip", "-n", lab.pod, "rule", "show")
         clean = f"lookup {TABLE}" not in leftovers and "tungo" not in sh("ip", "-n", lab.pod, "link", "show")
         print(f"pod exit     : {pod_status}; routes, rules and TUN removed: {'yes' if clean else 'NO'}")
         ok &= clean
+    return ok
+
+
+async def _split_tunnel(lab: Lab, port: int) -> bool:
+    """One request per name: the bypassed one must arrive from the pod itself, the other via the relay."""
+    ok = True
+    for name, expected, how in (
+        (DIRECT_NAME, POD4, "the pod's own eth0: bypassed, direct"),
+        (TUNNEL_NAME, SRV_TGT4, "the relay server: tunnelled"),
+    ):
+        status, body = await http_get(lab, lab.pod, TGT4, port, "/peer", name=name)
+        seen = body.decode(errors="replace").strip()
+        good = status == 200 and seen == expected
+        ok &= good
+        print(f"split tunnel : Host {name} -> target saw {seen} ({how}){'' if good else ' UNEXPECTED'}")
     return ok
 
 

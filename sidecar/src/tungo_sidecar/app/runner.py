@@ -7,9 +7,11 @@ services run in their own owned tasks until a signal (or ``stop``) arrives. Shut
 listeners, cancels the sessions still open and waits for them. Never parses command lines or YAML
 (``config`` does).
 
-Proxy services (relay, socks5, http handlers) are ``net.service.ProxyService``s; each gets a
-``FlowDialer``: the ``ChainDialer`` of its ``chain`` (``-F``) or a ``DirectDialer``. The TUN data plane
-(handler/listener ``tungo``) plugs in through ``TUN_SERVICE_FACTORY`` (see ``_tun_service``).
+Proxy services (relay, socks5, http handlers) are ``net.service.ProxyService``s; each dials through a
+``RoutedDialer``: its route policy (the service's bypass refuses, its chain's hop/node bypasses shorten
+the route; ``app.bypasses`` compiles them once for all services), the ``ChainDialer`` of its ``chain``
+(``-F``) and a ``DirectDialer``. The TUN data plane (handler/listener ``tungo``) plugs in through
+``TUN_SERVICE_FACTORY`` (see ``_tun_service``) and builds its dialers with its own routing mark.
 """
 
 from __future__ import annotations
@@ -21,15 +23,15 @@ import signal
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
-from tungo_sidecar.app import tun_service
+from tungo_sidecar.app import bypasses, tun_service
 from tungo_sidecar.app.health import HealthService
-from tungo_sidecar.chain.select import first_node
+from tungo_sidecar.chain.route import Policy
 from tungo_sidecar.config.model import Config, Service
 from tungo_sidecar.config.validate import insecure_tls_nodes, service_socket_options
 from tungo_sidecar.errors import ConfigError, TungoError
-from tungo_sidecar.net.dialer import FlowDialer
 from tungo_sidecar.net.direct import DirectDialer
 from tungo_sidecar.net.handlers import make_handler
+from tungo_sidecar.net.routed import RoutedDialer
 from tungo_sidecar.net.router import ChainDialer
 from tungo_sidecar.net.service import ProxyService
 from tungo_sidecar.proto.address import Address
@@ -58,9 +60,9 @@ class HealthReporter(Protocol):
     def set_ready(self, ready: bool, reason: str = "") -> None: ...
 
 
-#: Builds the TUN data plane service for a ``tungo`` service entry, given the dialer of its chain.
+#: Builds the TUN data plane service for a ``tungo`` service entry, given its route policy.
 #: ``app.tun_service`` (tests may swap it); None means unsupported.
-TunServiceFactory = Callable[[Service, Config, FlowDialer], Runnable]
+TunServiceFactory = Callable[[Service, Config, Policy], Runnable]
 TUN_SERVICE_FACTORY: TunServiceFactory | None = tun_service.make_tun_service
 
 
@@ -76,32 +78,56 @@ def warn_insecure_tls(config: Config) -> None:
         )
 
 
-def dialer_for(service: Service, config: Config) -> FlowDialer:
-    """The service's ``-F`` chain, or a direct dialer carrying the service's interface and mark."""
+def warn_unapplied(config: Config) -> None:
+    """A loud start-up line for what the config declares and tungo does not apply yet: node selection.
+
+    Every hop dials its first eligible node (node bypasses applied); GOST's ``selector`` strategies,
+    ``maxFails``/``failTimeout`` and fail-over to the other nodes are not built yet."""
+    for chain in config.chains:
+        for hop in chain.hops:
+            if len(hop.nodes) > 1:  # one node: nothing to select, maxFails/failTimeout change nothing
+                strategy = f"selector strategy {hop.selector.strategy!r} " if hop.selector else ""
+                log.warning(
+                    "chain %s hop %s: %s%d nodes: tungo dials the first eligible node only "
+                    "(no round-robin or fail-over yet); %s is used while it answers",
+                    chain.name,
+                    hop.name,
+                    f"{strategy}is NOT applied; " if strategy else "",
+                    len(hop.nodes),
+                    hop.nodes[0].name,
+                )
+
+
+def dialer_for(service: Service, config: Config, policy: Policy) -> RoutedDialer:
+    """A proxy service's dialer: ``policy`` over its ``-F`` chain and a direct dialer carrying the
+    service's interface and mark."""
     chain = config.chain(service.chain)
-    if chain is not None:
-        return ChainDialer(chain, select=first_node)
     options = service_socket_options(service)
-    return DirectDialer(mark=options.so_mark or None, interface=options.interface)
+    return RoutedDialer(
+        policy,
+        chain=ChainDialer(chain) if chain is not None else None,
+        direct=DirectDialer(mark=options.so_mark or None, interface=options.interface),
+    )
 
 
-def _tun_service(service: Service, config: Config, dialer: FlowDialer) -> Runnable:
+def _tun_service(service: Service, config: Config, policy: Policy) -> Runnable:
     if TUN_SERVICE_FACTORY is None:
         raise ConfigError(f"service {service.name!r}: the tungo (TUN) service is not available in this build")
-    return TUN_SERVICE_FACTORY(service, config, dialer)
+    return TUN_SERVICE_FACTORY(service, config, policy)
 
 
 def build_services(config: Config) -> list[Runnable]:
     """Every service of ``config``, built but not started. ConfigError on the first bad one."""
     if not config.services:
         raise ConfigError("nothing to run: no service (give at least one -L or a services: entry)")
+    compiled = bypasses.compile_all(config)
     built: list[Runnable] = []
     for service in config.services:
-        dialer = dialer_for(service, config)
+        policy = bypasses.policy_for(service, config, compiled)
         if TUNGO in (service.handler.type, service.listener.type):
-            built.append(_tun_service(service, config, dialer))
+            built.append(_tun_service(service, config, policy))
         else:
-            built.append(ProxyService(service, make_handler(service, dialer)))
+            built.append(ProxyService(service, make_handler(service, dialer_for(service, config, policy))))
     return built
 
 
@@ -121,6 +147,7 @@ async def run(
     anything runs when the config or a bind fails; services already started are stopped again.
     """
     warn_insecure_tls(config)
+    warn_unapplied(config)
     services = build_services(config)
     if health is not None:
         endpoint = HealthService(health)

@@ -25,20 +25,21 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from tungo_sidecar.app import health
+from tungo_sidecar.chain.route import Policy
 from tungo_sidecar.chain.select import first_node
 from tungo_sidecar.config.model import ChainConfig, Config, Service
+from tungo_sidecar.config.sniffing import SniffSettings
 from tungo_sidecar.config.tun import TunSettings
 from tungo_sidecar.config.validate import node_socket_options, service_socket_options
 from tungo_sidecar.errors import TunError, TungoError
 from tungo_sidecar.net import sockopts, transports
-from tungo_sidecar.net.dialer import FlowDialer
 from tungo_sidecar.net.direct import DirectDialer
+from tungo_sidecar.net.routed import RoutedDialer
 from tungo_sidecar.net.router import ChainDialer
-from tungo_sidecar.net.stream import Datagrams, Stream
+from tungo_sidecar.net.stream import Stream
 from tungo_sidecar.proto.address import Address
 from tungo_sidecar.routing.hooks import Capture
 from tungo_sidecar.routing.plan import FWMARK
@@ -92,34 +93,13 @@ class ChainProbe:
                 await stream.close()
 
 
-class _WatchedDialer:
-    """The chain dialer, telling the service when a dial fails (so the probe runs now, not later)."""
-
-    def __init__(self, inner: FlowDialer, on_failure: Callable[[], None]) -> None:
-        self._inner = inner
-        self._on_failure = on_failure
-
-    async def dial_tcp(self, target: Address) -> Stream:
-        try:
-            return await self._inner.dial_tcp(target)
-        except Exception:
-            self._on_failure()
-            raise
-
-    async def dial_udp(self, target: Address) -> Datagrams:
-        try:
-            return await self._inner.dial_udp(target)
-        except Exception:
-            self._on_failure()
-            raise
-
-
 class TunService:
     """A ``tungo`` service, runnable by ``app.runner``. ``engine``/``device`` exist once started."""
 
-    def __init__(self, service: Service, config: Config) -> None:
+    def __init__(self, service: Service, config: Config, policy: Policy | None = None) -> None:
         self.config = service
         self.settings = TunSettings.from_service(service)
+        self.sniffing = SniffSettings.from_metadata(service.handler.metadata)
         options = service_socket_options(service)
         self.mark = options.so_mark or FWMARK
         self.chain = config.chain(service.chain)
@@ -131,14 +111,16 @@ class TunService:
         # hop's (GOST's ``-F ...?interface=eth0`` names the pod's uplink), else wherever ``main`` says.
         self.interface = self.settings.interface or options.interface or first_hop_interface
         self.direct = DirectDialer(mark=self.mark, interface=self.interface)
-        self.dialer: FlowDialer
         self.probe: ChainProbe | None = None
         if self.chain is not None:
-            chain_dialer = ChainDialer(self.chain, mark=self.mark, select=first_node)
-            self.dialer = _WatchedDialer(chain_dialer, self._dial_failed)
             self.probe = ChainProbe(self.chain, mark=self.mark, interface=None)
-        else:
-            self.dialer = self.direct
+        self.dialer = RoutedDialer(
+            policy if policy is not None else Policy(self.chain, this_link_direct=True),
+            chain=ChainDialer(self.chain, mark=self.mark) if self.chain is not None else None,
+            direct=self.direct,
+            fallback=self.sniffing.fallback,
+            on_chain_failure=self._dial_failed,
+        )
         self.capture = Capture(self.settings, self.chain, fwmark=self.mark)
         self.device: TunDevice | None = None
         self.engine: TunEngine | None = None
@@ -176,7 +158,7 @@ class TunService:
         settings = self.settings
         first = self.probe.addr if self.probe is not None else None
         log.info(
-            "tungo %s: starting: net %s, mtu %d, routes [%s], fwmark %#x, chain first hop %s%s",
+            "tungo %s: starting: net %s, mtu %d, routes [%s], fwmark %#x, chain first hop %s%s, sniffing %s",
             settings.name,
             ", ".join(map(str, settings.nets)),
             settings.mtu,
@@ -184,6 +166,7 @@ class TunService:
             self.mark,
             first if first is not None else "none (direct)",
             f", interface {self.interface}" if self.interface else "",
+            _describe(self.sniffing),
         )
         self.device = await open_tun_async(settings.name, settings.mtu, settings.nets, offload=True)
         log.info(
@@ -194,7 +177,7 @@ class TunService:
         )
         self.ready_tun.set()
         self.engine = TunEngine(
-            self.device, self.dialer, direct_dialer=self.direct, udp_timeout=settings.udp_timeout
+            self.device, self.dialer, sniffing=self.sniffing, udp_timeout=settings.udp_timeout
         )
         # The engine serves before any route points at the device: no captured SYN waits unread.
         self._engine_task = asyncio.create_task(self.engine.run(), name=f"tungo {settings.name} engine")
@@ -256,7 +239,9 @@ class TunService:
                 await asyncio.wait_for(self._probe_now.wait(), interval)
 
     async def stop(self) -> None:
-        stats = self.engine.stats.snapshot() if self.engine is not None else None
+        stats = None
+        if self.engine is not None:
+            stats = self.engine.stats.snapshot() | self.dialer.stats.snapshot()
         failure = await self._undo()
         if stats is not None:
             # One machine-readable line: the demo and the tests read the engine's counters from it.
@@ -289,8 +274,17 @@ class TunService:
         return failure
 
 
-def make_tun_service(service: Service, config: Config, dialer: FlowDialer) -> TunService:
-    """``app.runner.TUN_SERVICE_FACTORY``: the runner's own dialer is not used — the TUN service builds
-    its dialers with its routing mark, which the runner's generic ones do not carry."""
-    del dialer
-    return TunService(service, config)
+def _describe(sniffing: SniffSettings) -> str:
+    parts = []
+    if sniffing.tcp:
+        fallback = ", fallback" if sniffing.fallback else ""
+        parts.append(f"tcp (HTTP Host, TLS SNI; waits {sniffing.timeout * 1000:g} ms{fallback})")
+    if sniffing.udp:
+        parts.append("udp (names from DNS answers)")
+    return " + ".join(parts) if parts else "off"
+
+
+def make_tun_service(service: Service, config: Config, policy: Policy) -> TunService:
+    """``app.runner.TUN_SERVICE_FACTORY``: the TUN service builds its own dialers around ``policy``,
+    with its routing mark, which the runner's generic ones do not carry."""
+    return TunService(service, config, policy)

@@ -1,15 +1,23 @@
 """Node selection: which node of a hop carries the next flow.
 
-A pure function of the hop (and, once round-robin and fail-over land, of a selection state passed in
-explicitly): no I/O, no clocks, no globals. Called by whoever builds a ``net.router.ChainDialer``
-(``app.runner``, the TUN engine) and handed to it as its ``select`` argument; ``net`` sits below
-``chain`` in the layers and so cannot import this module itself.
+A pure function of the hop's eligible nodes (``chain.route.HopStep``: node bypasses already applied;
+once round-robin and fail-over land, also of a selection state passed in explicitly): no I/O, no
+clocks, no globals. ``net.router.ChainDialer`` calls it for every hop of every dial; the health probe
+asks for the first hop's node.
 """
 
 from __future__ import annotations
 
+from tungo_sidecar.chain.route import HopStep
 from tungo_sidecar.config.model import Hop, Node
 from tungo_sidecar.errors import ConfigError
+
+
+def first_eligible(step: HopStep) -> Node:
+    """The first node the route left eligible (GOST's order; ``selector`` strategies come later)."""
+    if not step.nodes:
+        raise ConfigError(f"hop {step.hop.name!r}: no eligible node")
+    return step.nodes[0]
 
 
 def first_node(hop: Hop) -> Node:

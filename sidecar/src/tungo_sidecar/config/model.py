@@ -161,7 +161,7 @@ class Node:
     addr: str
     connector: Plugin
     dialer: Plugin
-    bypass: str | None = None
+    bypasses: tuple[str, ...] = ()  # GOST's ``bypass`` + ``bypasses``, combined as a group
     interface: str | None = None
     metadata: Metadata = field(default_factory=Metadata)
 
@@ -177,7 +177,7 @@ class Selector:
 class Hop:
     name: str
     nodes: tuple[Node, ...]
-    bypass: str | None = None
+    bypasses: tuple[str, ...] = ()
     selector: Selector | None = None
     # GOST's hop metadata (``interface``, ``so_mark``... inherited by its nodes) and deprecated field.
     metadata: Metadata = field(default_factory=Metadata)
@@ -198,18 +198,21 @@ class Service:
     handler: Plugin
     listener: Plugin
     chain: str | None = None
-    bypass: str | None = None
+    bypasses: tuple[str, ...] = ()
     interface: str | None = None
     metadata: Metadata = field(default_factory=Metadata)
 
 
 @dataclass(frozen=True, slots=True)
 class BypassConfig:
-    """GOST bypass: ``matchers`` block a flow from the chain; ``reverse`` (whitelist) inverts it."""
+    """GOST bypass: ``matchers`` (and the lines of ``file``, GOST's ``file: {path}`` loader) name what
+    leaves the chain; ``reverse`` (GOST's ``whitelist``) inverts it. What a match does depends on where
+    the bypass is used (``chain.route``); the patterns are compiled by ``rules``."""
 
     name: str
     matchers: tuple[str, ...] = ()
     reverse: bool = False
+    file: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

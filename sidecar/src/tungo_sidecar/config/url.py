@@ -413,7 +413,7 @@ def _hop(text: str, index: int, bypasses: list[BypassConfig]) -> Hop:
     hop = Hop(
         name=f"hop-{index}",
         nodes=tuple(nodes),
-        bypass=hop_bypass,
+        bypasses=(hop_bypass,) if hop_bypass else (),
         selector=selector,
         metadata=Metadata(hop_options),
     )
@@ -532,7 +532,7 @@ def _services(text: str, chain: str | None, bypasses: list[BypassConfig]) -> lis
                 ),
                 listener=Plugin(type=listener_type, tls=tls, metadata=Metadata(listener_options)),
                 chain=chain,
-                bypass=service_bypass,
+                bypasses=(service_bypass,) if service_bypass else (),
                 metadata=Metadata(service_options),
             )
         )

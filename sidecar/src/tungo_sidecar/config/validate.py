@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from tungo_sidecar.config.model import Config, Hop, Node, Plugin, Service
+from tungo_sidecar.config.sniffing import SniffSettings
 from tungo_sidecar.errors import ConfigError
 
 
@@ -32,6 +33,7 @@ class Capabilities:
     tls: bool = False  # listener/dialer: the transport itself is TLS (needs a cert / verifies one)
     websocket: bool = False  # listener/dialer: websocket framing, ``path`` metadata (default /ws)
     tun: bool = False  # handler/listener: a TUN device; a tun handler pairs only with a tun listener
+    sniffing: bool = False  # handler: applies GOST's sniffing* options (config.sniffing)
 
 
 # The names match GOST's registry names (``socks`` is GOST's alias of ``socks5``).
@@ -41,7 +43,7 @@ HANDLERS: Mapping[str, Capabilities] = MappingProxyType(
         "socks5": Capabilities(udp=True, auth=True),
         "socks": Capabilities(udp=True, auth=True),
         "http": Capabilities(auth=True),
-        "tungo": Capabilities(udp=True, tun=True),
+        "tungo": Capabilities(udp=True, tun=True, sniffing=True),
     }
 )
 LISTENERS: Mapping[str, Capabilities] = MappingProxyType(
@@ -210,6 +212,12 @@ def check_service_plugins(service: Service) -> None:
         )
     if service.handler.auth is not None and not handler.auth:
         raise ConfigError(f"handler {quote(service.handler.type)} takes no auth")
+    sniffing = SniffSettings.from_metadata(service.handler.metadata)
+    if sniffing.enabled and not handler.sniffing:
+        raise ConfigError(
+            f"handler {quote(service.handler.type)}: sniffing is applied by the tungo handler only "
+            "(a proxy handler's clients name their target themselves)"
+        )
 
 
 def check_selector(hop: Hop) -> None:
@@ -228,8 +236,7 @@ def _check_service(service: Service, chains: set[str], bypasses: set[str]) -> No
         raise ConfigError(f"{where}: {exc}") from None
     if service.chain is not None and service.chain not in chains:
         raise ConfigError(f"{where}: handler.chain {quote(service.chain)} names no chain")
-    if service.bypass is not None and service.bypass not in bypasses:
-        raise ConfigError(f"{where}: bypass {quote(service.bypass)} names no bypass")
+    _check_bypasses(where, service.bypasses, bypasses)
     if not LISTENERS[service.listener.type].tun:
         try:
             check_listen_addr(service.addr)
@@ -237,11 +244,16 @@ def _check_service(service: Service, chains: set[str], bypasses: set[str]) -> No
             raise ConfigError(f"{where}: addr: {exc}") from None
 
 
+def _check_bypasses(where: str, names: tuple[str, ...], known: set[str]) -> None:
+    for name in names:
+        if name not in known:
+            raise ConfigError(f"{where}: bypass {quote(name)} names no bypass")
+
+
 def _check_hop(where: str, hop: Hop, bypasses: set[str]) -> None:
     if not hop.nodes:
         raise ConfigError(f"{where}: no nodes")
-    if hop.bypass is not None and hop.bypass not in bypasses:
-        raise ConfigError(f"{where}: bypass {quote(hop.bypass)} names no bypass")
+    _check_bypasses(where, hop.bypasses, bypasses)
     try:
         check_selector(hop)
     except ConfigError as exc:
@@ -257,8 +269,7 @@ def _check_hop(where: str, hop: Hop, bypasses: set[str]) -> None:
             raise ConfigError(f"{here}: {exc}") from None
         if node.connector.auth is not None and not connector.auth:
             raise ConfigError(f"{here}: connector {quote(node.connector.type)} takes no auth")
-        if node.bypass is not None and node.bypass not in bypasses:
-            raise ConfigError(f"{here}: bypass {quote(node.bypass)} names no bypass")
+        _check_bypasses(here, node.bypasses, bypasses)
 
 
 # -- questions callers ask -----------------------------------------------------------------------------

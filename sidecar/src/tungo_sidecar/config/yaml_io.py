@@ -205,17 +205,15 @@ def _plugin(
     return plugin
 
 
-def _one_bypass(obj: _Obj) -> str | None:
-    """GOST's ``bypass`` (one name) and ``bypasses`` (names); tungo applies at most one."""
+def _bypass_names(obj: _Obj) -> tuple[str, ...]:
+    """GOST's ``bypass`` (one name) and ``bypasses`` (names), in that order, each once: GOST applies
+    them together as a group (``rules.bypass.BypassGroup``)."""
     single = obj.get_str("bypass") or None
     many = obj.get_list("bypasses")
     for i, name in enumerate(many):
         if not isinstance(name, str):
             raise ConfigError(f"{obj.at('bypasses')}[{i}]: expected a string, got {_show(name)}")
-    names = list(dict.fromkeys(([single] if single else []) + many))
-    if len(names) > 1:
-        raise ConfigError(f"{obj.at('bypasses')}: several bypasses are not supported by tungo (give one)")
-    return names[0] if names else None
+    return tuple(dict.fromkeys(([single] if single else []) + many))
 
 
 def _with_sockopts(obj: _Obj, metadata: dict[str, Any]) -> dict[str, Any]:
@@ -249,7 +247,7 @@ def _service(value: object, path: str) -> Service:
         handler=handler,
         listener=_plugin(obj, "listener", "tcp", unsupported=("chain", "chainGroup", "auther", "authers")),
         chain=chain[0] if chain else None,
-        bypass=_one_bypass(obj),
+        bypasses=_bypass_names(obj),
         interface=obj.get_str("interface") or None,
         metadata=Metadata(_with_sockopts(obj, obj.metadata())),
     )
@@ -286,7 +284,7 @@ def _node(value: object, path: str, index: int) -> Node:
         addr=addr,
         connector=_plugin(obj, "connector", "http"),
         dialer=_plugin(obj, "dialer", "tcp"),
-        bypass=_one_bypass(obj),
+        bypasses=_bypass_names(obj),
         interface=obj.get_str("interface") or None,
         metadata=Metadata(_with_sockopts(obj, obj.metadata())),
     )
@@ -326,7 +324,7 @@ def _hop(value: object, path: str, index: int) -> Hop:
     hop = Hop(
         name=obj.get_str("name") or f"hop-{index}",
         nodes=nodes,
-        bypass=_one_bypass(obj),
+        bypasses=_bypass_names(obj),
         selector=_selector(obj),
         metadata=Metadata(_with_sockopts(obj, obj.metadata())),
         interface=obj.get_str("interface") or None,
@@ -358,13 +356,20 @@ def _bypass(value: object, path: str) -> BypassConfig:
     for i, matcher in enumerate(matchers):
         if not isinstance(matcher, str):
             raise ConfigError(f"{obj.at('matchers')}[{i}]: expected a string, got {_show(matcher)}")
+    file = None
+    if (loader := obj.get_obj("file")) is not None:
+        file = loader.get_str("path")
+        if not file:
+            raise ConfigError(f"{loader.at('path')}: missing (the file of matchers, one a line)")
+        loader.finish()
     bypass = BypassConfig(
         name=name,
         matchers=tuple(matchers),
         # GOST: "reverse" is the deprecated spelling of "whitelist"; either inverts the bypass.
         reverse=obj.get_bool("reverse") or obj.get_bool("whitelist"),
+        file=file,
     )
-    obj.finish(unsupported=("network", "reload", "file", "redis", "http", "plugin"))
+    obj.finish(unsupported=("network", "reload", "redis", "http", "plugin"))
     return bypass
 
 
@@ -538,6 +543,14 @@ def _put(out: dict[str, Any], key: str, value: Any) -> None:
     out[key] = value
 
 
+def _put_bypasses(out: dict[str, Any], names: tuple[str, ...]) -> None:
+    """One name as GOST's ``bypass``, several as its ``bypasses``."""
+    if len(names) == 1:
+        out["bypass"] = names[0]
+    elif names:
+        out["bypasses"] = list(names)
+
+
 def _auth_data(auth: Auth | None) -> dict[str, Any] | None:
     if auth is None:
         return None
@@ -581,7 +594,7 @@ def to_data(config: Config, fmt: Format = "yaml") -> dict[str, Any]:
         out: dict[str, Any] = {"name": s.name}
         _put(out, "addr", s.addr)
         _put(out, "interface", s.interface)
-        _put(out, "bypass", s.bypass)
+        _put_bypasses(out, s.bypasses)
         out["handler"] = _plugin_data(s.handler, fmt, chain=s.chain)
         out["listener"] = _plugin_data(s.listener, fmt)
         _put(out, "metadata", _sorted_metadata(s.metadata, fmt))
@@ -598,12 +611,12 @@ def to_data(config: Config, fmt: Format = "yaml") -> dict[str, Any]:
                     "maxFails": h.selector.max_fails,
                     "failTimeout": _duration_data(h.selector.fail_timeout, fmt),
                 }
-            _put(hop, "bypass", h.bypass)
+            _put_bypasses(hop, h.bypasses)
             nodes = []
             for n in h.nodes:
                 node: dict[str, Any] = {"name": n.name}
                 _put(node, "addr", n.addr)
-                _put(node, "bypass", n.bypass)
+                _put_bypasses(node, n.bypasses)
                 node["connector"] = _plugin_data(n.connector, fmt)
                 node["dialer"] = _plugin_data(n.dialer, fmt)
                 _put(node, "interface", n.interface)
@@ -620,6 +633,8 @@ def to_data(config: Config, fmt: Format = "yaml") -> dict[str, Any]:
         bypass: dict[str, Any] = {"name": b.name}
         _put(bypass, "whitelist", b.reverse)
         _put(bypass, "matchers", list(b.matchers))
+        if b.file is not None:
+            bypass["file"] = {"path": b.file}
         bypasses.append(bypass)
     data: dict[str, Any] = {"services": services}
     _put(data, "chains", chains)

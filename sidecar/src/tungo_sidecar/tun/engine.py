@@ -2,9 +2,11 @@
 
 Owns the read loop over the device, the per-family NAT listeners and every flow task (in one
 TaskGroup: nothing is fire-and-forget). Called by the app (and tests) as
-``await TunEngine(device, dialer).run()``, which runs until cancelled. The route of each new flow is
-``decide(Flow)`` (pure, ``chain.route``): ``CHAIN`` dials through ``dialer``, ``DIRECT`` through
-``direct_dialer`` (refused when there is none: fail closed).
+``await TunEngine(device, router).run()``, which runs until cancelled. Each new flow becomes a
+``chain.route.Flow`` handed to ``router`` (``net.routed.RoutedDialer``: refused, direct or chain):
+with its sniffed name when ``sniffing`` is on (TCP is then accepted first, ``tun.tcp``), else with the
+name DNS answered for its address when ``sniffing.udp`` filled the name map (``rules.dnsmap``, fed by
+the replies of UDP port 53 sessions).
 
 The packet loop is a reader callback, not a coroutine: per packet it validates headers
 (``proto.packet``), rewrites TCP in place (``tun.nat``) and writes it back, with no per-packet buffer
@@ -22,18 +24,20 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from typing import Any
 
-from tungo_sidecar.chain import route
-from tungo_sidecar.chain.route import Flow, Route
-from tungo_sidecar.errors import RouteRefusedError, TunError
-from tungo_sidecar.net.dialer import FlowDialer
+from tungo_sidecar.chain.route import Flow
+from tungo_sidecar.config.sniffing import SniffSettings
+from tungo_sidecar.errors import TunError
+from tungo_sidecar.net.dialer import FlowRouter
 from tungo_sidecar.net.stream import Datagrams, Stream
-from tungo_sidecar.proto import packet
-from tungo_sidecar.proto.address import Network
+from tungo_sidecar.proto import dns, packet
+from tungo_sidecar.proto.address import Address, Network
 from tungo_sidecar.proto.fragments import FragLimits, Reassembler
 from tungo_sidecar.proto.packet import Drop
+from tungo_sidecar.proto.sniff import Sniffed
+from tungo_sidecar.rules.dnsmap import DnsMap
 from tungo_sidecar.tun.device import TunDevice
 from tungo_sidecar.tun.nat import FORWARD, NEW, TcpNat, TcpSession, TunStats, pick_next
 from tungo_sidecar.tun.tcp import TcpFlows
@@ -48,28 +52,26 @@ READ_SIZE = packet.VNET_HDR_LEN + 65535
 LISTEN_BACKLOG = 4096
 SWEEP_SECONDS = 1.0
 
-Decide = Callable[[Flow], Route]
-
 
 class TunEngine:
-    """Moves the flows of one TUN device to a ``FlowDialer``."""
+    """Moves the flows of one TUN device to a ``FlowRouter``."""
 
     def __init__(
         self,
         device: TunDevice,
-        dialer: FlowDialer,
+        router: FlowRouter,
         *,
-        decide: Decide = route.decide,
-        direct_dialer: FlowDialer | None = None,
+        sniffing: SniffSettings | None = None,
         udp_timeout: float = 30.0,
         dial_timeout: float = 10.0,
         accept_timeout: float = 10.0,
         frag_limits: FragLimits | None = None,
     ) -> None:
         self.device = device
-        self.dialer = dialer
-        self.direct_dialer = direct_dialer
-        self.decide = decide
+        self.router = router
+        self.sniffing = sniffing if sniffing is not None else SniffSettings()
+        #: Address -> name from the DNS answers seen (``sniffing.udp``); None when not sniffing DNS.
+        self.dns_map: DnsMap | None = DnsMap() if self.sniffing.udp else None
         self.dial_timeout = dial_timeout
         self.accept_timeout = accept_timeout
         self.stats = TunStats()
@@ -92,6 +94,7 @@ class TunEngine:
             timeout=udp_timeout,
             dial_timeout=dial_timeout,
             mtu=device.mtu,
+            dns_reply=self._learn_dns if self.dns_map is not None else None,
         )
         self.frags = Reassembler(frag_limits or FragLimits(), self.stats.drops)
         self._ifaces: dict[int, ipaddress.IPv4Interface | ipaddress.IPv6Interface] = {}
@@ -126,6 +129,7 @@ class TunEngine:
                         stats=self.stats,
                         dial_timeout=self.dial_timeout,
                         accept_timeout=self.accept_timeout,
+                        sniff_timeout=self.sniffing.timeout if self.sniffing.tcp else None,
                     )
                 )
             async with asyncio.TaskGroup() as group:
@@ -261,23 +265,32 @@ class TunEngine:
             self.stats.flow_errors += 1
             log.debug("TUN flow ended with an error: %r", exc)
 
-    def _dialer_for(self, flow: Flow) -> FlowDialer:
-        verdict = self.decide(flow)
-        if verdict is Route.CHAIN:
-            return self.dialer
-        if self.direct_dialer is None:
-            raise RouteRefusedError(
-                f"{flow.network} {flow.dst}: route {verdict} but no direct dialer: refused"
-            )
-        return self.direct_dialer
+    def _flow(self, network: Network, src: Address, dst: Address, sniffed: Sniffed | None = None) -> Flow:
+        """The flow as the router sees it: with its sniffed name, else the name DNS gave its address."""
+        if sniffed is not None and sniffed.host is not None and not _is_ip(sniffed.host):
+            return Flow(network, src, dst, sniffed.host, sniffed=True)
+        if self.dns_map is not None and (ip := dst.ip) is not None:
+            name = self.dns_map.lookup(ip, time.monotonic())
+            if name is not None:
+                self.stats.flows_named_by_dns += 1
+                return Flow(network, src, dst, name)
+        return Flow(network, src, dst)
 
-    async def _dial_tcp(self, session: TcpSession) -> Stream:
-        flow = Flow(Network.TCP, session.src, session.dst)
-        return await self._dialer_for(flow).dial_tcp(session.dst)
+    def _learn_dns(self, payload: bytes) -> None:
+        assert self.dns_map is not None
+        try:
+            answer = dns.parse_response(payload)
+        except dns.DnsError:
+            return
+        if answer is not None and self.dns_map.learn(answer, time.monotonic()):
+            self.stats.dns_answers_learnt += 1
+
+    async def _dial_tcp(self, session: TcpSession, sniffed: Sniffed | None, first: bytes) -> Stream:
+        flow = self._flow(Network.TCP, session.src, session.dst, sniffed)
+        return await self.router.dial_tcp_flow(flow, first)
 
     async def _dial_udp(self, session: UdpSession) -> Datagrams:
-        flow = Flow(Network.UDP, session.src, session.dst)
-        return await self._dialer_for(flow).dial_udp(session.dst)
+        return await self.router.dial_udp_flow(self._flow(Network.UDP, session.src, session.dst))
 
     async def _sweep_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -289,3 +302,12 @@ class TunEngine:
             if self.frags.partials:
                 self.frags.expire(time.monotonic())
                 self.stats.frag_partials, self.stats.frag_bytes = self.frags.partials, self.frags.bytes
+
+
+def _is_ip(host: str) -> bool:
+    # A Host header naming an address says nothing the destination does not: route by the destination.
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True

@@ -49,6 +49,7 @@ class TunStats:
     tcp_flows: int = 0
     tcp_active: int = 0
     tcp_dial_failures: int = 0
+    tcp_sniffed: int = 0  # accepted-first flows whose first bytes named a host (HTTP Host, TLS SNI)
     tcp_rst_sent: int = 0
     tcp_syn_held: int = 0
     udp_sessions: int = 0
@@ -62,6 +63,8 @@ class TunStats:
     udp_icmp_limited: int = 0  # answers withheld by the rate limit (or not allowed: multicast...)
     udp_reassembled: int = 0  # datagrams rebuilt from fragments
     udp_replies_fragmented: int = 0  # replies larger than the MTU, written as fragments
+    dns_answers_learnt: int = 0  # DNS answers whose A/AAAA records filled the name map (sniffing.udp)
+    flows_named_by_dns: int = 0  # new flows whose address the name map knew
     frag_partials: int = 0  # gauge: partial datagrams held for reassembly
     frag_bytes: int = 0  # gauge: fragment bytes they hold
     write_errors: int = 0

@@ -1,10 +1,20 @@
-"""TCP flows of the TUN engine: dial while the SYN is held, accept on the NAT listener, splice.
+"""TCP flows of the TUN engine: dial while the SYN is held (or accept first and sniff), splice.
 
-Owns one flow's life: the upstream dial (the SYN stays held in ``tun.nat`` meanwhile, so a failed dial
-is answered with an RST the app sees as "connection refused": truthful, and fail closed), the release
-of the SYN to the local listener, the accept (matched by the peer's NAT port), the splice with
-backpressure, and the propagation of resets. Called by ``tun.engine``, which spawns ``run_flow`` in its
-TaskGroup and runs ``accept_loop``. Never touches packets other than the held SYN and the RST.
+Owns one flow's life, in one of two orders:
+
+* **held SYN** (no sniffing): the upstream dial runs while the SYN stays held in ``tun.nat``, so a
+  failed dial is answered with an RST the app sees as "connection refused" — truthful, and fail closed;
+  then the SYN is released to the local listener and the connection accepted;
+* **accept first** (``sniffing``): the route depends on the flow's first bytes, so the SYN is released at
+  once, the kernel completes the handshake, and up to ``proto.sniff.MAX_SNIFF_BYTES`` are read for at
+  most ``sniff_timeout`` seconds (a server-speaks-first protocol sends nothing: it is routed by address
+  when the time is up); then the route is dialled, and a failed dial resets the app's connection
+  (SO_LINGER 0). The bytes read while sniffing go upstream first, unchanged.
+
+Either way the accept is matched by the peer's NAT port, the splice has backpressure, and resets are
+propagated. Called by ``tun.engine``, which spawns ``run_flow`` in its TaskGroup and runs
+``accept_loop``. Never touches packets other than the held SYN and the RST; never decides routes (the
+``dial`` it is given does, with the sniffed name).
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ import struct
 from collections.abc import Awaitable, Callable
 
 from tungo_sidecar.net.stream import CHUNK, SocketStream, Stream, splice
+from tungo_sidecar.proto.sniff import Sniffed, Sniffer
 from tungo_sidecar.tun.nat import State, TcpNat, TcpSession, TunStats
 
 log = logging.getLogger(__name__)
@@ -84,10 +95,11 @@ class TcpFlows:
         *,
         write_packet: Callable[[bytes | bytearray], None],
         header: bytes,
-        dial: Callable[[TcpSession], Awaitable[Stream]],
+        dial: Callable[[TcpSession, Sniffed | None, bytes], Awaitable[Stream]],
         stats: TunStats,
         dial_timeout: float,
         accept_timeout: float,
+        sniff_timeout: float | None = None,
     ) -> None:
         self.nat = nat
         self.listener = listener
@@ -97,6 +109,7 @@ class TcpFlows:
         self._stats = stats
         self._dial_timeout = dial_timeout
         self._accept_timeout = accept_timeout
+        self._sniff_timeout = sniff_timeout
         self._next_host = str(nat.next_hop)
 
     async def accept_loop(self) -> None:
@@ -117,52 +130,110 @@ class TcpFlows:
             future.set_result(conn)
 
     async def run_flow(self, session: TcpSession) -> None:
-        """Dial, release the SYN, wait for the accept, splice; always leaves the NAT consistent."""
-        loop = asyncio.get_running_loop()
+        """Dial and accept in the order the flow needs, splice; always leaves the NAT consistent."""
         self._stats.tcp_flows += 1
+        if self._sniff_timeout is not None:
+            await self._accept_first(session, self._sniff_timeout)
+            return
         try:
-            upstream = await asyncio.wait_for(self._dial(session), self._dial_timeout)
+            upstream = await asyncio.wait_for(self._dial(session, None, b""), self._dial_timeout)
         except Exception as exc:  # any dial failure, chain or direct, refuses the flow
-            self._stats.tcp_dial_failures += 1
-            log.info(
-                "TCP %s -> %s refused: dial failed: %s", session.src, session.dst, exc or type(exc).__name__
-            )
+            self._dial_failed(session, exc)
             self._refuse(session)
             return
         except BaseException:
             self.nat.release(session)
             raise
         try:
-            session.accepted = loop.create_future()
-            session.state = State.OPEN
-            syn = bytearray(session.syn)
-            self.nat.rewrite_out(session, syn, len(self._header))
-            self._write(syn)
-            try:
-                conn: socket.socket = await asyncio.wait_for(session.accepted, self._accept_timeout)
-            except TimeoutError:
-                log.info("TCP %s -> %s: the app never completed the handshake", session.src, session.dst)
-                return
-            try:
-                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                reader, writer = await asyncio.open_connection(sock=conn, limit=CHUNK)
-            except BaseException:
-                conn.close()
-                raise
-            app = AppStream(reader, writer)
-            self._stats.tcp_active += 1
-            try:
-                await splice(app, _Upstream(upstream, app))
-            finally:
-                self._stats.tcp_active -= 1
+            app = await self._accept(session)
+            if app is not None:
+                await self._splice(app, upstream)
         finally:
             await upstream.close()  # idempotent for every Stream; splice may have closed it already
-            self.nat.close(session, loop.time())
-            if session.accepted is not None and not session.accepted.done():
-                session.accepted.cancel()
+            self._done(session)
+
+    async def _accept_first(self, session: TcpSession, sniff_timeout: float) -> None:
+        try:
+            app = await self._accept(session)
+            if app is None:
+                return
+            sniffed, first = await _sniff(app, sniff_timeout)
+            self._stats.tcp_sniffed += sniffed.host is not None
+            try:
+                # The dial sends ``first`` itself: a fallback to the address must replay it.
+                upstream = await asyncio.wait_for(self._dial(session, sniffed, first), self._dial_timeout)
+            except Exception as exc:
+                self._dial_failed(session, exc)
+                app.abort = True  # the handshake is done: a reset is how the app hears "refused"
+                self._stats.tcp_rst_sent += 1
+                await app.close()
+                return
+            try:
+                await self._splice(app, upstream)
+            finally:
+                await upstream.close()
+        finally:
+            self._done(session)
+
+    async def _accept(self, session: TcpSession) -> AppStream | None:
+        """Release the held SYN to the listener and wait for its connection (None: it never came)."""
+        session.accepted = asyncio.get_running_loop().create_future()
+        session.state = State.OPEN
+        syn = bytearray(session.syn)
+        self.nat.rewrite_out(session, syn, len(self._header))
+        self._write(syn)
+        try:
+            conn: socket.socket = await asyncio.wait_for(session.accepted, self._accept_timeout)
+        except TimeoutError:
+            log.info("TCP %s -> %s: the app never completed the handshake", session.src, session.dst)
+            return None
+        try:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            reader, writer = await asyncio.open_connection(sock=conn, limit=CHUNK)
+        except BaseException:
+            conn.close()
+            raise
+        return AppStream(reader, writer)
+
+    async def _splice(self, app: AppStream, upstream: Stream) -> None:
+        self._stats.tcp_active += 1
+        try:
+            await splice(app, _Upstream(upstream, app))
+        finally:
+            self._stats.tcp_active -= 1
+
+    def _dial_failed(self, session: TcpSession, exc: BaseException) -> None:
+        self._stats.tcp_dial_failures += 1
+        log.info("TCP %s -> %s refused: dial failed: %s", session.src, session.dst, exc or type(exc).__name__)
+
+    def _done(self, session: TcpSession) -> None:
+        self.nat.close(session, asyncio.get_running_loop().time())
+        if session.accepted is not None and not session.accepted.done():
+            session.accepted.cancel()
 
     def _refuse(self, session: TcpSession) -> None:
         self.nat.release(session)
         rst = self.nat.reply_rst(session)
         self._write(self._header + rst if self._header else rst)
         self._stats.tcp_rst_sent += 1
+
+
+async def _sniff(app: AppStream, wait: float) -> tuple[Sniffed, bytes]:
+    """Read the app's first bytes until the sniffer decides, the app stops sending, or ``wait`` s pass.
+
+    Returns the verdict and every byte read (at most the sniffer's cap plus one read: it decides by
+    then), which the caller sends upstream first."""
+    sniffer = Sniffer()
+    chunks: list[bytes] = []
+    result: Sniffed | None = None
+    try:
+        async with asyncio.timeout(wait):
+            while result is None:
+                data = await app.read(CHUNK)
+                if not data:  # EOF: the reader keeps answering b"" so the splice sees it again
+                    break
+                chunks.append(data)
+                result = sniffer.feed(data)
+    except TimeoutError:
+        pass
+    return (result if result is not None else sniffer.finish()), b"".join(chunks)

@@ -43,6 +43,9 @@ from tungo_sidecar.tun.nat import TunStats
 
 log = logging.getLogger(__name__)
 
+#: Replies from this port are DNS answers the engine may learn names from (``sniffing.udp``).
+DNS_PORT = 53
+
 #: Datagrams queued per session while its dial runs or its sender is behind; beyond this they are
 #: dropped (UDP's own contract) rather than buffered without bound.
 MAX_QUEUED = 256
@@ -146,6 +149,7 @@ class UdpFlows:
         dial_timeout: float,
         mtu: int = 65535,
         limiter: ErrorLimiter | None = None,
+        dns_reply: Callable[[bytes], None] | None = None,
     ) -> None:
         self._write = write_packet
         self._header = header
@@ -156,6 +160,7 @@ class UdpFlows:
         self._dial_timeout = dial_timeout
         self.mtu = mtu
         self.limiter = limiter if limiter is not None else ErrorLimiter()
+        self._dns_reply = dns_reply  # sees every reply from port 53 (``sniffing.udp``)
         self.sessions: dict[bytes, UdpSession] = {}
         self._frag_id = int.from_bytes(os.urandom(4), "big")  # Identification of fragmented replies
 
@@ -246,9 +251,12 @@ class UdpFlows:
 
     async def _recv_loop(self, session: UdpSession, datagrams: Datagrams) -> None:
         dport, sport = session.dst.port, session.src.port
+        dns_reply = self._dns_reply if dport == DNS_PORT else None
         while True:
             payload = await datagrams.recv()
             session.last = time.monotonic()
+            if dns_reply is not None:
+                dns_reply(payload)
             try:
                 reply = packet.build_udp(session.dst_ip, session.src_ip, dport, sport, payload)
             except ValueError:

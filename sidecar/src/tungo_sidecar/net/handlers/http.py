@@ -56,7 +56,10 @@ class HttpHandler:
         try:
             upstream = await self._dialer.dial_tcp(target)
         except (errors.TungoError, OSError) as exc:
-            await _answer(stream, http_connect.ResponseHead.bad_gateway())
+            # A bypass refusal is 403, as GOST's http handler answers it; anything else 502.
+            refused = isinstance(exc, errors.RouteRefusedError)
+            answer = http_connect.ResponseHead.forbidden if refused else http_connect.ResponseHead.bad_gateway
+            await _answer(stream, answer())
             raise errors.DialError(f"http: cannot reach {target}: {exc}") from exc
         await stream.write(http_connect.ResponseHead.connection_established().encode())
         await proxy_streams(prefixed(stream, leftover), upstream)

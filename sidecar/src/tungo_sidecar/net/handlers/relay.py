@@ -137,7 +137,9 @@ class RelayHandler:
         return user_ok and pass_ok
 
     async def _dial_failed(self, stream: Stream, target: Address, exc: Exception) -> errors.DialError:
-        await _answer(stream, relay.Status.NETWORK_UNREACHABLE)
+        # A bypass refusal is FORBIDDEN, as GOST's relay handler answers it; anything else unreachable.
+        refused = isinstance(exc, errors.RouteRefusedError)
+        await _answer(stream, relay.Status.FORBIDDEN if refused else relay.Status.NETWORK_UNREACHABLE)
         return errors.DialError(f"relay: cannot reach {target}: {exc}")
 
     async def _serve_tcp(self, stream: Stream, leftover: bytes, target: Address, client: str) -> None:

@@ -118,7 +118,7 @@ class Socks5Handler:
         try:
             upstream = await self._dialer.dial_tcp(target)
         except (errors.TungoError, OSError) as exc:
-            await _reply(stream, socks5.ReplyCode.NETWORK_UNREACHABLE)
+            await _reply(stream, _refusal(exc))
             raise errors.DialError(f"socks5: cannot reach {target}: {exc}") from exc
         await stream.write(socks5.Reply(socks5.ReplyCode.SUCCEEDED).encode())
         await proxy_streams(prefixed(stream, leftover), upstream)
@@ -191,3 +191,10 @@ async def _until_eof(stream: Stream) -> None:
 async def _reply(stream: Stream, code: int) -> None:
     with contextlib.suppress(OSError, errors.TungoError):
         await stream.write(socks5.Reply(code).encode())
+
+
+def _refusal(exc: BaseException) -> socks5.ReplyCode:
+    """A bypass refusal is "not allowed by ruleset" (as GOST answers it); anything else "unreachable"."""
+    if isinstance(exc, errors.RouteRefusedError):
+        return socks5.ReplyCode.NOT_ALLOWED
+    return socks5.ReplyCode.NETWORK_UNREACHABLE

@@ -163,8 +163,11 @@ def dns_answer(query: bytes, address: str) -> bytes:
     return struct.pack("!6H", qid, 0x8180, 1, 2, 0, 0) + question[: name_end + 4] + cname + a_record
 
 
-async def fetch(lab: Lab, seen: SeenBy, host: str, address: str = TGT4, *, https: bool = False) -> str:
-    """One request from the pod to ``address`` for ``host``; the peer address the target saw."""
+async def fetch(
+    lab: Lab, seen: SeenBy, host: str, address: str = TGT4, *, https: bool = False, pause: float = 0.0
+) -> str:
+    """One request from the pod to ``address`` for ``host``; the peer address the target saw. With
+    ``pause``, the request's first two bytes go alone and the rest that much later."""
     port = seen.ports["https" if https else "http"]
     sock = lab.socket(lab.pod, socket.AF_INET, socket.SOCK_STREAM)
     try:
@@ -176,7 +179,13 @@ async def fetch(lab: Lab, seen: SeenBy, host: str, address: str = TGT4, *, https
         sock=sock, ssl=seen.client_tls if https else None, server_hostname=host if https else None
     )
     try:
-        writer.write(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        request = f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
+        if pause:
+            writer.write(request[:2])
+            await writer.drain()
+            await asyncio.sleep(pause)
+            request = request[2:]
+        writer.write(request)
         await writer.drain()
         data = await reader.read()
     finally:
@@ -253,6 +262,9 @@ async def test_seed_command_line_splits_by_sniffed_name(lab: Lab, seen: SeenBy) 
     assert await outcome(lab, seen, REFUSED) in ("ConnectionResetError", "IncompleteReadError")
     # A server that speaks first sends no name: after sniffing.timeout it is routed by address (chain).
     assert await banner(lab, seen) == SRV_TGT4
+    # An app that stalls mid-head is not held past sniffing.timeout (300 ms): routed by address, and
+    # its bytes, the two read while sniffing and the rest, reach the target unchanged (it answers 200).
+    assert await fetch(lab, seen, DIRECT, pause=1.0) == SRV_TGT4
 
     stats = stopped_stats(pod)
     assert stats["route_refused"] == 1 and stats["route_direct"] == 2, stats

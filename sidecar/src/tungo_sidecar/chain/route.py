@@ -122,7 +122,7 @@ class _HopRules:
 class Policy:
     """GOST's bypass scopes over one service and its chain; ``decide`` is called once per flow."""
 
-    __slots__ = ("_chain", "_hops", "_service", "_this_link_direct")
+    __slots__ = ("_hops", "_service", "_this_link_direct")
 
     def __init__(
         self,
@@ -138,7 +138,6 @@ class Policy:
         def group(names: tuple[str, ...]) -> tuple[Bypass, ...]:
             return tuple(found[name] for name in names)
 
-        self._chain = chain
         self._this_link_direct = this_link_direct
         self._service = group(service_bypasses)
         self._hops = tuple(

@@ -157,16 +157,23 @@ class TcpFlows:
             app = await self._accept(session)
             if app is None:
                 return
-            sniffed, first = await _sniff(app, sniff_timeout)
+            try:
+                sniffed, first = await _sniff(app, sniff_timeout)
+            except BaseException:  # the app reset the connection, or the engine stops
+                app.abort = True
+                await app.close()
+                raise
             self._stats.tcp_sniffed += sniffed.host is not None
             try:
                 # The dial sends ``first`` itself: a fallback to the address must replay it.
                 upstream = await asyncio.wait_for(self._dial(session, sniffed, first), self._dial_timeout)
-            except Exception as exc:
-                self._dial_failed(session, exc)
+            except BaseException as exc:
                 app.abort = True  # the handshake is done: a reset is how the app hears "refused"
-                self._stats.tcp_rst_sent += 1
                 await app.close()
+                if not isinstance(exc, Exception):
+                    raise
+                self._dial_failed(session, exc)
+                self._stats.tcp_rst_sent += 1
                 return
             try:
                 await self._splice(app, upstream)

@@ -127,8 +127,16 @@ def test_default_render_is_valid_and_wired_together(helm: Path) -> None:
     assert args.command == "serve" and str(args.cert_file).startswith("/etc/tungo-webhook/tls/")
     env = {e["name"]: e["value"] for e in ctr["env"]}
     assert app.sidecar_settings(env).image == "ghcr.io/kube-tungo/kube-tungo:0.1.0"
-    target = {p["name"]: p["containerPort"] for p in ctr["ports"]}[service["spec"]["ports"][0]["targetPort"]]
-    assert target == args.port
+    ports = {p["name"]: p["containerPort"] for p in ctr["ports"]}
+    assert ports[service["spec"]["ports"][0]["targetPort"]] == args.port
+    # Ready once the indexes are filled (/readyz on the webhook's own HTTPS port); alive per kopf.
+    assert ctr["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "https", "scheme": "HTTPS"}
+    assert ports["https"] == args.port
+    assert ctr["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert args.liveness == f"http://0.0.0.0:{ports['health']}/healthz"
+    # The TLS Secret's files are root-owned: the webhook reads them as the fsGroup (test_chart_files.py).
+    pod_sc = webhook["spec"]["template"]["spec"]["securityContext"]
+    assert pod_sc["runAsNonRoot"] is True and pod_sc["fsGroup"] == sc["runAsGroup"] == 10001
 
     operator = one(docs, "Deployment", "-operator")
     assert operator["spec"]["replicas"] == 1 and operator["spec"]["strategy"]["type"] == "Recreate"

@@ -104,12 +104,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             # Development only: a throwaway CA the apiserver does not know; the chart mounts real ones.
             logging.warning("no --cert-file: serving with a throwaway self-made certificate")
             _, cert_file, key_file = certs.write(certs.generate(["localhost", "127.0.0.1"]), Path(scratch))
-        server = TungoWebhookServer(addr=args.listen, port=args.port, certfile=cert_file, pkeyfile=key_file)
+        indexes = handlers.IndexGate()
+        server = TungoWebhookServer(
+            addr=args.listen,
+            port=args.port,
+            certfile=cert_file,
+            pkeyfile=key_file,
+            webhooks=(handlers.HANDLER_ID,),
+            ready=indexes.problem,
+        )
+        # A denial is routine: inject() logs it at INFO; kopf's ERROR copy of it is dropped.
+        logging.getLogger("kopf.objects").addFilter(handlers.QUIET_DENIALS)
         asyncio.run(
             kopf.operator(
                 registry=handlers.make_registry(),
                 settings=operator_settings(server),
-                memo=handlers.sidecar_memo(settings),
+                memo=handlers.sidecar_memo(settings, indexes),
                 standalone=True,
                 clusterwide=True,
                 liveness_endpoint=args.liveness or None,

@@ -55,6 +55,7 @@ import pytest_asyncio
 import routing_netns as rn
 import yaml
 
+from tungo_operator.handlers import reconcile
 from tungo_operator.injection import core, sidecar
 from tungo_operator.model import conventions
 from tungo_operator.model.chain import parse_chain
@@ -181,12 +182,17 @@ def operator_output(ca_pem: bytes, password: str = PASSWORD) -> OperatorOutput:
     secret = config_secret(gateway, rendered, NAMESPACE, owner_uid="7f1c0b6e-bridge")
 
     namespace = core.NamespaceInfo(NAMESPACE, ((core.POD_SECURITY_ENFORCE_LABEL, "privileged"),))
+    ready = reconcile.ready_condition(
+        None, ready=True, reason="ConfigRendered", message="config rendered", generation=None
+    )
     decision = core.decide(
         operation="CREATE",
         pod=pod_manifest(),
         namespace=NAMESPACE,
         namespace_info=namespace,
-        gateways=[core.GatewayInfo.from_body(gateway_body)],
+        # The status the controller writes once it rendered the config Secret above: the webhook
+        # injects only pods of a Ready gateway.
+        gateways=[core.GatewayInfo.from_body({**gateway_body, "status": {"conditions": ready}})],
         settings=sidecar.SidecarSettings(image="kube-tungo:bridge"),
     )
     assert decision.verdict is core.Verdict.INJECT, decision.message

@@ -116,13 +116,39 @@ def namespace(name: str, **labels: str) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}
 
 
-def gateway(name: str, ns: str, **spec: Any) -> dict[str, Any]:
-    return {
+def ready_status(
+    status: str = "True",
+    reason: str = "ConfigRendered",
+    message: str = "config rendered",
+    generation: int = 1,
+) -> dict[str, Any]:
+    """A TunGateway ``status`` as the controller writes it (kmock runs no controller: tests write it)."""
+    condition = {
+        "type": "Ready",
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": "2025-01-01T00:00:00Z",
+        "observedGeneration": generation,
+    }
+    return {"observedGeneration": generation, "conditions": [condition]}
+
+
+def gateway(
+    name: str, ns: str, *, status: dict[str, Any] | None = None, generation: int = 1, **spec: Any
+) -> dict[str, Any]:
+    """A TunGateway the controller has reconciled (Ready) unless ``status`` says otherwise ({}: none)."""
+    body: dict[str, Any] = {
         "apiVersion": c.API_VERSION,
         "kind": c.KIND_GATEWAY,
-        "metadata": {"name": name, "namespace": ns},
+        # kmock keeps no generation: set it as the apiserver would.
+        "metadata": {"name": name, "namespace": ns, "generation": generation},
         "spec": {"chainRef": {"name": "corp"}, **spec},
     }
+    status = ready_status() if status is None else status
+    if status:
+        body["status"] = status
+    return body
 
 
 def load(name: str) -> dict[str, Any]:
@@ -279,6 +305,94 @@ async def test_a_gateway_created_later_is_seen_through_the_watch(webhook: Webhoo
     assert patched(pod, response)["metadata"]["annotations"][c.GATEWAY_ANNOTATION] == "fresh"
 
 
+async def _review_until(
+    webhook: Webhook, pod: dict[str, Any], done: Any, *, namespace: str = "shop"
+) -> dict[str, Any]:
+    """Review ``pod`` until ``done(response)``: a watch event reaches the index within milliseconds."""
+    for _ in range(50):  # bounded at 5 s
+        response = await webhook.review(pod, namespace=namespace)
+        if done(response):
+            return response
+        await asyncio.sleep(0.1)
+    shown = {k: response.get(k) for k in ("allowed", "status")} | {"patched": "patch" in response}
+    raise AssertionError(f"the webhook never answered as expected; last response: {shown}")
+
+
+def _denial(response: dict[str, Any]) -> str:
+    assert response["allowed"] is False and "patch" not in response, response
+    assert response["status"]["code"] == 403
+    message: str = response["status"]["message"]
+    return message
+
+
+async def test_the_annotation_chooses_only_among_gateways_that_select_the_pod(webhook: Webhook) -> None:
+    db_only = gateway("db-gw", "shop", podSelector={"matchLabels": {"tier": "db"}})
+    await webhook.create(GATEWAYS.format(ns="shop"), db_only)
+    pod = load("plain.yaml")  # run=web: selected by shop/edge (empty podSelector), not by shop/db-gw
+    pod["metadata"]["annotations"] = {c.GATEWAY_ANNOTATION: "db-gw"}
+    response = await _review_until(webhook, pod, lambda r: "podSelector" in str(r.get("status")))
+    message = _denial(response)
+    assert "asks for TunGateway 'shop/db-gw'" in message
+    assert "spec.podSelector (tier=db) does not select it" in message
+    assert "gateways that select it: shop/edge" in message
+    # Naming a gateway that does select it still picks it among several.
+    pod["metadata"]["annotations"] = {c.GATEWAY_ANNOTATION: "edge"}
+    out = patched(pod, await webhook.review(pod))
+    assert out["metadata"]["annotations"][c.GATEWAY_ANNOTATION] == "edge"
+    # Without the annotation, the one gateway whose podSelector matches is chosen, as before.
+    del pod["metadata"]["annotations"]
+    assert patched(pod, await webhook.review(pod))["metadata"]["annotations"][c.GATEWAY_ANNOTATION] == "edge"
+
+
+async def test_pods_are_admitted_only_once_their_gateway_is_ready(webhook: Webhook) -> None:
+    """A gateway's life as the controller reports it: created, failing, fixed, changed, reconciled."""
+    pod = load("plain.yaml")
+    path = GATEWAYS.format(ns="late") + "/fresh"
+    await webhook.create(GATEWAYS.format(ns="late"), gateway("fresh", "late", status={}))
+
+    def denied_for(text: str) -> Any:
+        return lambda r: text in str(r.get("status"))
+
+    # 1. Just created: no status until the controller's first reconcile.
+    response = await _review_until(webhook, pod, denied_for("no Ready condition yet"), namespace="late")
+    message = _denial(response)
+    assert "TunGateway late/fresh has no Ready condition yet" in message and "retry" in message
+    assert "kubectl get pods -A -l app.kubernetes.io/component=operator" in message
+
+    # 2. Reconciled, but failing: the condition's reason and message are quoted.
+    failing = ready_status(
+        "False",
+        "SecretNotFound",
+        "Secret late/relay-auth not found; the last good config (if any) stays in place",
+    )
+    async with webhook.api.patch(path, json={"status": failing}) as resp:
+        assert resp.status == 200, await resp.text()
+    response = await _review_until(webhook, pod, denied_for("is not Ready"), namespace="late")
+    message = _denial(response)
+    assert "TunGateway late/fresh is not Ready (SecretNotFound: Secret late/relay-auth not found" in message
+    assert "ContainerCreating" in message
+
+    # 3. Fixed: Ready=True for its generation, and the pod is injected.
+    async with webhook.api.patch(path, json={"status": ready_status()}) as resp:
+        assert resp.status == 200, await resp.text()
+    response = await _review_until(webhook, pod, lambda r: r["allowed"], namespace="late")
+    assert patched(pod, response)["metadata"]["annotations"][c.GATEWAY_ANNOTATION] == "fresh"
+
+    # 4. Its spec changed (generation 2) and the controller has not caught up: the status is stale.
+    async with webhook.api.patch(path, json={"metadata": {"generation": 2}}) as resp:
+        assert resp.status == 200, await resp.text()
+    response = await _review_until(webhook, pod, denied_for("generation 2"), namespace="late")
+    message = _denial(response)
+    assert "TunGateway late/fresh was changed (generation 2)" in message
+    assert "last reported on generation 1 (Ready=True: ConfigRendered)" in message
+
+    # 5. Reconciled again.
+    async with webhook.api.patch(path, json={"status": ready_status(generation=2)}) as resp:
+        assert resp.status == 200, await resp.text()
+    response = await _review_until(webhook, pod, lambda r: r["allowed"], namespace="late")
+    assert patched(pod, response)["spec"]["initContainers"][0]["name"] == "tungo"
+
+
 async def test_update_and_dry_run_reviews(webhook: Webhook) -> None:
     pod = load("plain.yaml")
     update = await webhook.review(pod, operation="UPDATE")
@@ -318,7 +432,10 @@ async def test_malformed_bodies_get_400_and_the_server_keeps_serving(
 
 
 async def test_oversized_body_gets_413_and_the_server_keeps_serving(webhook: Webhook) -> None:
-    status, _ = await webhook.post(b'{"pad": "' + b"x" * (2 * 1024 * 1024) + b'"}')
+    # Up to 3 MiB is what the API server may send: read (here it is no review: 400), beyond it 413.
+    status, text = await webhook.post(b'{"pad": "' + b"x" * (2 * 1024 * 1024) + b'"}')
+    assert status == 400 and "AdmissionReview" in text, text
+    status, _ = await webhook.post(b'{"pad": "' + b"x" * (4 * 1024 * 1024) + b'"}')
     assert status == 413
     assert (await webhook.review(load("plain.yaml")))["allowed"] is True
 

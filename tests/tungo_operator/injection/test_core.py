@@ -18,13 +18,53 @@ from tungo_operator.injection import core, sidecar
 from tungo_operator.injection.jsonpatch import pointer
 from tungo_operator.model import conventions as c
 from tungo_operator.model.errors import SpecError
-from tungo_operator.model.gateway import parse_label_selector
 
 HERE = Path(__file__).parent
 PODS = HERE / "pods"
 GOLDEN = HERE / "golden"
 SETTINGS = sidecar.SidecarSettings(image="ghcr.io/kube-tungo/kube-tungo:0.1.0")
-EDGE = core.GatewayInfo(name="edge", namespace="shop")
+
+
+def ready(
+    status: str = "True",
+    reason: str = "ConfigRendered",
+    message: str = "config rendered",
+    generation: int = 1,
+) -> dict[str, Any]:
+    """A TunGateway ``status`` as handlers.controller writes it (reconcile.ready_condition)."""
+    condition = {
+        "type": "Ready",
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": "2025-01-01T00:00:00Z",
+        "observedGeneration": generation,
+    }
+    return {"observedGeneration": generation, "conditions": [condition]}
+
+
+READY = ready()
+
+
+def gw(
+    name: str,
+    namespace: str = "shop",
+    *,
+    status: dict[str, Any] | None = READY,
+    generation: int = 1,
+    **spec: Any,
+) -> core.GatewayInfo:
+    """A gateway as the webhook's index sees it: Ready for its generation unless ``status`` says else."""
+    body: dict[str, Any] = {
+        "metadata": {"name": name, "namespace": namespace, "generation": generation},
+        "spec": {"chainRef": {"name": "corp"}, **spec},
+    }
+    if status is not None:
+        body["status"] = status
+    return core.GatewayInfo.from_body(body)
+
+
+EDGE = gw("edge")
 
 
 def ns(name: str = "shop", **labels: str) -> core.NamespaceInfo:
@@ -35,10 +75,6 @@ SHOP = ns()
 SHOP_OPTED_IN = core.NamespaceInfo(
     "shop", ((c.INJECT_LABEL, "enabled"), ("pod-security.kubernetes.io/enforce", "privileged"))
 )
-
-
-def sel(raw: object) -> Any:
-    return parse_label_selector(raw, "spec.podSelector")
 
 
 def load(name: str) -> dict[str, Any]:
@@ -171,7 +207,7 @@ def test_privileged_namespace_is_injected() -> None:
 def test_missing_named_gateway_is_denied_naming_it_and_the_visible_ones() -> None:
     pod = load("plain.yaml")
     pod["metadata"]["annotations"] = {c.GATEWAY_ANNOTATION: "corp"}
-    other_ns = core.GatewayInfo(name="corp", namespace="billing")
+    other_ns = gw("corp", "billing")
     decision = decide(pod, gateways=[EDGE, other_ns])
     assert not decision.allowed and decision.reason == "gateway-missing"
     assert "'corp'" in decision.message and "visible: shop/edge)" in decision.message
@@ -180,13 +216,13 @@ def test_missing_named_gateway_is_denied_naming_it_and_the_visible_ones() -> Non
 def test_named_gateway_wins_and_a_namespaced_one_shadows_a_cluster_scoped_one() -> None:
     pod = load("plain.yaml")
     pod["metadata"]["annotations"] = {c.GATEWAY_ANNOTATION: "edge"}
-    shared = core.GatewayInfo("edge", "infra", namespace_selector=sel({}))
+    shared = gw("edge", "infra", namespaceSelector={})
     decision = decide(pod, gateways=[shared, EDGE])
     assert decision.gateway == "edge" and "'shop/edge'" in decision.message
     pod["metadata"]["annotations"] = {c.GATEWAY_ANNOTATION: "infra/edge"}
     assert "'infra/edge'" in decide(pod, gateways=[shared, EDGE]).message
     pod["metadata"]["annotations"] = {c.GATEWAY_ANNOTATION: "edge"}
-    twin = core.GatewayInfo("edge", "infra2", namespace_selector=sel({}))
+    twin = gw("edge", "infra2", namespaceSelector={})
     decision = decide(pod, gateways=[shared, twin])
     assert decision.reason == "gateway-ambiguous" and "<namespace>/<name>" in decision.message
     out = apply(pod, decide(pod, gateways=[shared, EDGE]))
@@ -201,7 +237,7 @@ def test_no_gateway_at_all_is_denied_with_what_to_do() -> None:
 
 def test_several_matching_gateways_are_ambiguous_until_one_is_named() -> None:
     pod = load("plain.yaml")
-    corp = core.GatewayInfo.from_body({"metadata": {"name": "corp", "namespace": "shop"}, "spec": {}})
+    corp = gw("corp")
     decision = decide(pod, gateways=[EDGE, corp])
     assert not decision.allowed and decision.reason == "gateway-ambiguous"
     assert "(shop/corp, shop/edge)" in decision.message
@@ -210,19 +246,9 @@ def test_several_matching_gateways_are_ambiguous_until_one_is_named() -> None:
 
 
 def test_pod_selectors_pick_the_gateway() -> None:
-    web_only = core.GatewayInfo.from_body(
-        {
-            "metadata": {"name": "web-gw", "namespace": "shop"},
-            "spec": {"podSelector": {"matchLabels": {"run": "web"}}},
-        }
-    )
-    api_only = core.GatewayInfo.from_body(
-        {
-            "metadata": {"name": "api-gw", "namespace": "shop"},
-            "spec": {
-                "podSelector": {"matchExpressions": [{"key": "app", "operator": "In", "values": ["api"]}]}
-            },
-        }
+    web_only = gw("web-gw", podSelector={"matchLabels": {"run": "web"}})
+    api_only = gw(
+        "api-gw", podSelector={"matchExpressions": [{"key": "app", "operator": "In", "values": ["api"]}]}
     )
     gws = [web_only, api_only]
     assert decide(load("plain.yaml"), gateways=gws).gateway == "web-gw"
@@ -232,17 +258,190 @@ def test_pod_selectors_pick_the_gateway() -> None:
 
 
 def test_gateways_of_other_namespaces_serve_only_the_namespaces_they_select() -> None:
-    elsewhere = core.GatewayInfo(name="edge", namespace="billing")
+    elsewhere = gw("edge", "billing")
     assert decide(load("plain.yaml"), gateways=[elsewhere]).reason == "gateway-missing"
-    shared = core.GatewayInfo.from_body(
-        {
-            "metadata": {"name": "edge", "namespace": "infra"},
-            "spec": {"namespaceSelector": {"matchLabels": {"t": "y"}}},
-        }
-    )
+    shared = gw("edge", "infra", namespaceSelector={"matchLabels": {"t": "y"}})
     assert decide(load("plain.yaml"), gateways=[shared]).reason == "gateway-missing"
     decision = decide(load("plain.yaml"), gateways=[shared], namespace_info=ns(t="y"))
     assert decision.verdict is core.Verdict.INJECT and "'infra/edge'" in decision.message
+
+
+# --- the annotation chooses only among gateways whose podSelector selects the pod (issue 8, item 2) ---
+
+
+def test_annotation_naming_a_gateway_whose_pod_selector_does_not_match_is_denied() -> None:
+    pod = load("plain.yaml")  # labels run=web, tungo.dev/inject=enabled
+    pod["metadata"]["annotations"] = {c.GATEWAY_ANNOTATION: "db-gw"}
+    db_only = gw("db-gw", podSelector={"matchLabels": {"tier": "db"}})
+    decision = decide(pod, gateways=[EDGE, db_only])
+    assert not decision.allowed and decision.reason == "gateway-selector-mismatch" and decision.patch == ()
+    assert "asks for TunGateway 'shop/db-gw'" in decision.message
+    assert "spec.podSelector (tier=db) does not select it" in decision.message
+    assert "run=web, tungo.dev/inject=enabled" in decision.message
+    assert "gateways that select it: shop/edge" in decision.message
+    # Alone, it still refuses, and says no gateway would do.
+    decision = decide(pod, gateways=[db_only])
+    assert decision.reason == "gateway-selector-mismatch" and "no gateway serving" in decision.message
+
+
+def test_selector_mismatch_names_every_kind_of_requirement() -> None:
+    pod = load("plain.yaml")
+    pod["metadata"]["annotations"] = {c.GATEWAY_ANNOTATION: "picky"}
+    exprs = [
+        {"key": "tier", "operator": "In", "values": ["db", "cache"]},
+        {"key": "env", "operator": "NotIn", "values": ["prod"]},
+        {"key": "team", "operator": "Exists"},
+        {"key": "run", "operator": "DoesNotExist"},
+    ]
+    picky = gw("picky", podSelector={"matchLabels": {"a": "b"}, "matchExpressions": exprs})
+    decision = decide(pod, gateways=[picky])
+    assert decision.reason == "gateway-selector-mismatch"
+    assert "(a=b,tier in (db,cache),env notin (prod),team,!run)" in decision.message
+
+
+def test_annotation_chooses_among_several_selecting_gateways() -> None:
+    pod = load("plain.yaml")
+    web_a = gw("web-a", podSelector={"matchLabels": {"run": "web"}})
+    web_b = gw("web-b", podSelector={"matchExpressions": [{"key": "run", "operator": "Exists"}]})
+    db_gw = gw("db-gw", podSelector={"matchLabels": {"tier": "db"}})
+    gateways = [web_a, web_b, db_gw]
+    decision = decide(pod, gateways=gateways)
+    assert decision.reason == "gateway-ambiguous" and "(shop/web-a, shop/web-b)" in decision.message
+    pod["metadata"]["annotations"] = {c.GATEWAY_ANNOTATION: "web-b"}
+    decision = decide(pod, gateways=gateways)
+    assert decision.verdict is core.Verdict.INJECT and decision.gateway == "web-b"
+    assert apply(pod, decision)["spec"]["volumes"][-2]["secret"]["secretName"] == "tungo-web-b"
+    pod["metadata"]["annotations"] = {c.GATEWAY_ANNOTATION: "db-gw"}
+    decision = decide(pod, gateways=gateways)
+    assert decision.reason == "gateway-selector-mismatch"
+    assert "gateways that select it: shop/web-a, shop/web-b" in decision.message
+
+
+def test_without_annotation_the_one_selecting_gateway_is_chosen_as_before() -> None:
+    web = gw("web-gw", podSelector={"matchLabels": {"run": "web"}})
+    db_gw = gw("db-gw", podSelector={"matchLabels": {"tier": "db"}})
+    decision = decide(load("plain.yaml"), gateways=[db_gw, web])
+    assert decision.verdict is core.Verdict.INJECT and decision.gateway == "web-gw"
+
+
+def test_a_local_name_shadows_a_shared_one_even_when_only_the_shared_one_selects_the_pod() -> None:
+    # The annotation names a gateway (own namespace first), then its podSelector decides: the pod is
+    # never silently moved to another gateway of the same name.
+    pod = load("plain.yaml")
+    pod["metadata"]["annotations"] = {c.GATEWAY_ANNOTATION: "edge"}
+    local = gw("edge", podSelector={"matchLabels": {"tier": "db"}})
+    shared = gw("edge", "infra", namespaceSelector={})
+    decision = decide(pod, gateways=[local, shared])
+    assert decision.reason == "gateway-selector-mismatch"
+    assert "'shop/edge'" in decision.message and "gateways that select it: infra/edge" in decision.message
+    pod["metadata"]["annotations"] = {c.GATEWAY_ANNOTATION: "infra/edge"}
+    decision = decide(pod, gateways=[local, shared])
+    assert decision.verdict is core.Verdict.INJECT and "'infra/edge'" in decision.message
+
+
+# --- only a Ready gateway gets pods (issue 8, item 4) ----------------------------------------------
+
+
+def test_gateway_not_ready_is_denied_with_its_condition_reason_and_message() -> None:
+    failing = ready(
+        "False",
+        "SecretNotFound",
+        "Secret shop/relay-auth not found; the last good config (if any) stays in place",
+    )
+    decision = decide(load("plain.yaml"), gateways=[gw("edge", status=failing)])
+    assert not decision.allowed and decision.reason == "gateway-not-ready" and decision.patch == ()
+    assert (
+        "TunGateway shop/edge is not Ready (SecretNotFound: Secret shop/relay-auth not found; the last good "
+        "config (if any) stays in place)" in decision.message
+    )
+    assert "ContainerCreating" in decision.message
+    assert "kubectl describe tungateway -n shop edge" in decision.message and "retry" in decision.message
+
+
+@pytest.mark.parametrize(
+    ("status", "shown"),
+    [
+        (ready("Unknown", "", ""), "(Ready=Unknown)"),
+        (ready("False", "InvalidSpec", ""), "(InvalidSpec)"),
+        (ready("False", "", "spec.tun.mtu: too small"), "(spec.tun.mtu: too small)"),
+    ],
+)
+def test_any_ready_status_but_true_is_not_ready(status: dict[str, Any], shown: str) -> None:
+    decision = decide(load("plain.yaml"), gateways=[gw("edge", status=status)])
+    assert decision.reason == "gateway-not-ready" and f"is not Ready {shown}" in decision.message
+
+
+@pytest.mark.parametrize(
+    "status",
+    [
+        None,  # just created: the controller has not written status at all
+        {},
+        {"conditions": []},
+        {"conditions": [{"type": "Synced", "status": "True"}]},
+        {"conditions": "garbage", "observedGeneration": "x"},  # never crash the index on a bad status
+        {"conditions": [{"type": "Ready"}]},  # a condition without a status says nothing
+    ],
+)
+def test_gateway_the_controller_has_not_reported_on_is_denied_with_retry_advice(
+    status: dict[str, Any] | None,
+) -> None:
+    decision = decide(load("plain.yaml"), gateways=[gw("edge", status=status)])
+    assert not decision.allowed and decision.reason == "gateway-not-reconciled"
+    message = decision.message
+    assert "TunGateway shop/edge has no Ready condition yet" in message
+    assert "config Secret tungo-edge" in message and "ContainerCreating" in message
+    assert "normal for a few seconds after a gateway is created: retry" in message
+    # If it lasts, the operator is probably not running (or not watching): say how to look.
+    assert "kubectl get pods -A -l app.kubernetes.io/component=operator" in message
+    assert "does not watch namespace 'shop'" in message
+
+
+def test_gateway_whose_status_is_for_an_older_generation_is_denied_as_stale() -> None:
+    stale = gw("edge", generation=3, status=ready(generation=2))
+    decision = decide(load("plain.yaml"), gateways=[stale])
+    assert not decision.allowed and decision.reason == "gateway-stale"
+    message = decision.message
+    assert "TunGateway shop/edge was changed (generation 3)" in message
+    assert "last reported on generation 2 (Ready=True: ConfigRendered)" in message
+    assert "retry" in message and "kubectl get pods -A -l app.kubernetes.io/component=operator" in message
+    # A stale failure is stale too: the change may be the fix.
+    failed = gw("edge", generation=3, status=ready("False", "ChainNotFound", "no Chain", generation=2))
+    decision = decide(load("plain.yaml"), gateways=[failed])
+    assert decision.reason == "gateway-stale" and "(Ready=False: ChainNotFound)" in decision.message
+    # The condition's own observedGeneration wins; the status-level one stands in when it is absent.
+    status = ready(generation=3)
+    del status["conditions"][0]["observedGeneration"]
+    assert decide(load("plain.yaml"), gateways=[gw("edge", generation=3, status=status)]).allowed
+    status["observedGeneration"] = 2
+    decision = decide(load("plain.yaml"), gateways=[gw("edge", generation=3, status=status)])
+    assert decision.reason == "gateway-stale"
+
+
+def test_generations_unknown_on_either_side_do_not_make_a_gateway_stale() -> None:
+    body: dict[str, Any] = {"metadata": {"name": "edge", "namespace": "shop"}, "spec": {}, "status": READY}
+    assert decide(load("plain.yaml"), gateways=[core.GatewayInfo.from_body(body)]).allowed
+    status = ready()
+    del status["observedGeneration"], status["conditions"][0]["observedGeneration"]
+    assert decide(load("plain.yaml"), gateways=[gw("edge", generation=5, status=status)]).allowed
+
+
+def test_readiness_never_changes_which_gateway_a_pod_gets() -> None:
+    # A not-Ready gateway is not skipped in favour of another: the pod would silently change tunnels.
+    pod = load("plain.yaml")
+    broken = gw("corp", status=ready("False", "ChainNotFound", "Chain shop/corp not found"))
+    assert decide(pod, gateways=[EDGE, broken]).reason == "gateway-ambiguous"
+    pod["metadata"]["annotations"] = {c.GATEWAY_ANNOTATION: "corp"}
+    assert decide(pod, gateways=[EDGE, broken]).reason == "gateway-not-ready"
+    # ... and a not-Ready gateway that does not select the pod is none of its business.
+    del pod["metadata"]["annotations"]
+    other = gw("db-gw", status=None, podSelector={"matchLabels": {"tier": "db"}})
+    assert decide(pod, gateways=[EDGE, other]).gateway == "edge"
+
+
+def test_pod_problems_are_reported_before_a_gateway_that_is_not_ready_yet() -> None:
+    pod = load("plain.yaml")
+    pod["spec"]["volumes"].append({"name": "tungo-config", "emptyDir": {}})
+    assert decide(pod, gateways=[gw("edge", status=None)]).reason == "volume-conflict"
 
 
 def test_volume_and_port_conflicts_are_denied() -> None:
@@ -288,16 +487,22 @@ label_keys = st.sampled_from(["app", "tier", c.INJECT_LABEL])
 labels = st.dictionaries(label_keys, st.sampled_from(["enabled", "x", ""]))
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(
     pod_labels=labels,
     ns_inject=st.booleans(),
     ns_level=st.sampled_from([None, "privileged", "baseline"]),
     with_init=st.booleans(),
     with_annotations=st.booleans(),
-    # Selector values are non-empty: the model's parser refuses "" (Kubernetes would allow it).
-    selectors=st.lists(
-        st.one_of(st.none(), st.dictionaries(label_keys, st.sampled_from(["enabled", "x"]))), max_size=3
+    wanted=st.sampled_from([None, "g0", "g1", "shop/g2", "nope"]),
+    # (podSelector matchLabels or None for empty, Ready?). Values are non-empty: the model's parser
+    # refuses "" (Kubernetes would allow it).
+    gateways=st.lists(
+        st.tuples(
+            st.one_of(st.none(), st.dictionaries(label_keys, st.sampled_from(["enabled", "x"]))),
+            st.booleans(),
+        ),
+        max_size=3,
     ),
 )
 def test_any_pod_gets_a_decision_whose_patch_applies_once(
@@ -306,7 +511,8 @@ def test_any_pod_gets_a_decision_whose_patch_applies_once(
     ns_level: str | None,
     with_init: bool,
     with_annotations: bool,
-    selectors: list[dict[str, str] | None],
+    wanted: str | None,
+    gateways: list[tuple[dict[str, str] | None, bool]],
 ) -> None:
     pod: dict[str, Any] = {
         "metadata": {"generateName": "p-", "labels": pod_labels},
@@ -316,9 +522,15 @@ def test_any_pod_gets_a_decision_whose_patch_applies_once(
         pod["spec"]["initContainers"] = [{"name": "init", "image": "busybox"}]
     if with_annotations:
         pod["metadata"]["annotations"] = {"x": "y"}
+    if wanted is not None:
+        pod["metadata"].setdefault("annotations", {})[c.GATEWAY_ANNOTATION] = wanted
     gws = [
-        core.GatewayInfo(f"g{i}", "shop", sel({} if s is None else {"matchLabels": s}))
-        for i, s in enumerate(selectors)
+        gw(
+            f"g{i}",
+            status=READY if up else ready("False", "ChainNotFound", "Chain shop/corp not found"),
+            podSelector={} if s is None else {"matchLabels": s},
+        )
+        for i, (s, up) in enumerate(gateways)
     ]
     ns_labels = {c.INJECT_LABEL: "enabled"} if ns_inject else {}
     if ns_level:
@@ -329,6 +541,10 @@ def test_any_pod_gets_a_decision_whose_patch_applies_once(
     if decision.verdict is not core.Verdict.INJECT:
         assert decision.patch == ()
         return
+    # Whatever chose it, the gateway a pod gets selects it and is Ready.
+    (chosen,) = [g for g in gws if g.name == decision.gateway]
+    assert chosen.pod_selector.matches(pod_labels) and chosen.ready is not None
+    assert chosen.ready.status == "True"
     out = apply(pod, decision)
     assert out["spec"]["initContainers"][0]["name"] == "tungo"
     assert decide(out, namespace_info=shop, gateways=gws).reason == "already-injected"

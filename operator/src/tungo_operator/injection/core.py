@@ -7,6 +7,31 @@ must never do I/O, read the clock or the environment, or import kopf.
 
 Gateways are the TunGateway objects reduced to what injection needs (``GatewayInfo``). A gateway
 serves pods of its own namespace, and of the namespaces its ``spec.namespaceSelector`` matches.
+
+Which gateway a pod gets, in order:
+
+1. Without the annotation ``tungo.dev/gateway``: the one gateway serving the namespace whose
+   ``spec.podSelector`` selects the pod; none or several is a denial (``gateway-missing``,
+   ``gateway-ambiguous``).
+2. With it (``name`` or ``namespace/name``): the name is resolved first, own namespace before shared
+   ones (``gateway-missing``, ``gateway-ambiguous``), then that gateway's ``podSelector`` must select
+   the pod: it decides which pods may use the gateway, and the annotation only picks among those
+   (``gateway-selector-mismatch`` otherwise, never a silent fallback to another gateway).
+3. The chosen gateway must be Ready for its current spec, or the pod is denied: its config Secret may
+   not exist yet (the pod would sit in ContainerCreating) or may be for an older spec. The webhook
+   cannot post Events (it has no write access), so a denial, seen at ``kubectl apply`` or in the
+   ReplicaSet's events, is how the user learns it. Readiness never changes *which* gateway is chosen
+   (a pod must not silently move to another tunnel); it only decides whether the pod may start now:
+
+   * no ``Ready`` condition yet (the controller has not reconciled it: just created, or the operator
+     is down or does not watch that namespace) → ``gateway-not-reconciled``;
+   * a ``Ready`` condition for an older ``metadata.generation`` than the current one (the spec changed
+     and the controller has not caught up; whatever it said is about the old spec) →
+     ``gateway-stale``. A generation unknown on either side (no ``metadata.generation``, no
+     ``observedGeneration``) is not judged stale;
+   * ``Ready`` not ``True`` → ``gateway-not-ready``, quoting the condition's reason and message.
+
+   All three tell the user to retry: controllers (ReplicaSets, Jobs...) do so on their own.
 """
 
 from __future__ import annotations
@@ -24,6 +49,56 @@ from tungo_operator.model.gateway import LabelSelector, parse_label_selector
 POD_SECURITY_ENFORCE_LABEL: Final = "pod-security.kubernetes.io/enforce"
 # Pod Security levels that refuse NET_ADMIN and hostPath volumes ("privileged" allows both).
 REFUSING_LEVELS: Final = frozenset({"baseline", "restricted"})
+# How a user finds the controller's pods: the labels charts/kube-tungo puts on them (default name).
+OPERATOR_PODS: Final = (
+    "kubectl get pods -A -l app.kubernetes.io/component=operator,app.kubernetes.io/name=kube-tungo"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ReadyCondition:
+    """A TunGateway's ``status.conditions[type=Ready]``, as handlers.controller writes it."""
+
+    status: str  # "True", "False" (or "Unknown")
+    reason: str = ""
+    message: str = ""
+    observed_generation: int | None = None  # the metadata.generation it describes; None: not said
+
+    @classmethod
+    def from_status(cls, status: object) -> ReadyCondition | None:
+        """The Ready condition of a raw ``status``, or None if there is none (yet). Never raises: a
+        malformed status is the controller's (or a hand edit's) problem, reported as "none"."""
+        if not isinstance(status, Mapping):
+            return None
+        conditions = status.get("conditions")
+        found = next(
+            (
+                cond
+                for cond in (conditions if isinstance(conditions, list) else ())
+                if isinstance(cond, Mapping) and cond.get("type") == "Ready"
+            ),
+            None,
+        )
+        if found is None or not isinstance(found.get("status"), str):
+            return None
+        # The controller writes both; the status-level one stands in for a condition without its own.
+        observed = _generation(found.get("observedGeneration"))
+        return cls(
+            status=found["status"],
+            reason=str(found.get("reason") or ""),
+            message=str(found.get("message") or ""),
+            observed_generation=observed
+            if observed is not None
+            else _generation(status.get("observedGeneration")),
+        )
+
+    @property
+    def ready(self) -> bool:
+        return self.status == "True"
+
+    def describe(self) -> str:
+        """``SecretNotFound: Secret shop/x not found``, or whichever part is there, or ``Ready=False``."""
+        return ": ".join(part for part in (self.reason, self.message) if part) or f"Ready={self.status}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +109,8 @@ class GatewayInfo:
     namespace: str
     pod_selector: LabelSelector = field(default_factory=LabelSelector)  # empty: every opted-in pod
     namespace_selector: LabelSelector | None = None  # None: only pods of its own namespace
+    ready: ReadyCondition | None = None  # None: the controller has not reported on it (yet)
+    generation: int | None = None  # metadata.generation: the spec version ``ready`` must be about
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> GatewayInfo:
@@ -48,6 +125,8 @@ class GatewayInfo:
             namespace_selector=None
             if raw_ns is None
             else parse_label_selector(raw_ns, "spec.namespaceSelector"),
+            ready=ReadyCondition.from_status(body.get("status")),
+            generation=_generation(meta.get("generation")),
         )
 
     def serves(self, namespace: NamespaceInfo) -> bool:
@@ -59,6 +138,17 @@ class GatewayInfo:
     @property
     def ref(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+    @property
+    def stale(self) -> bool:
+        """Whether its Ready condition describes an older spec than the current one."""
+        observed = None if self.ready is None else self.ready.observed_generation
+        return self.generation is not None and observed is not None and observed < self.generation
+
+
+def _generation(value: object) -> int | None:
+    # bool is an int in Python, never a generation.
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,9 +257,10 @@ def decide(
     chosen = _choose_gateway(who, namespace_info, labels, annotations.get(c.GATEWAY_ANNOTATION), gateways)
     if isinstance(chosen, Decision):
         return chosen
-    conflict = _conflict(who, spec)
-    if conflict is not None:
-        return conflict
+    # Problems of the pod itself first: they need a fix, whereas an unready gateway may just need time.
+    problem = _conflict(who, spec) or _unready(who, chosen)
+    if problem is not None:
+        return problem
     return Decision(
         Verdict.INJECT,
         "injected",
@@ -206,13 +297,14 @@ def _choose_gateway(
     visible = sorted(
         (g for g in gateways if g.serves(namespace)), key=lambda g: (g.namespace != namespace.name, g.ref)
     )
+    matching = [g for g in visible if g.pod_selector.matches(labels)]
     if wanted is not None:
         # "name", or "namespace/name" to pick one shared from another namespace.
         ns_part, _, name_part = wanted.rpartition("/")
         named = [g for g in visible if g.name == name_part and ns_part in ("", g.namespace)]
         local = [g for g in named if g.namespace == namespace.name]
         if local or len(named) == 1:
-            return (local or named)[0]
+            return _selecting(who, (local or named)[0], labels, matching)
         if named:
             refs = ", ".join(g.ref for g in named)
             return Decision(
@@ -229,7 +321,6 @@ def _choose_gateway(
             f"but no such gateway serves namespace {namespace.name!r} (visible: {known}). Create it in this "
             f"namespace, let it serve this one (spec.namespaceSelector), or fix the annotation.",
         )
-    matching = [g for g in visible if g.pod_selector.matches(labels)]
     if len(matching) == 1:
         return matching[0]
     if not matching:
@@ -247,6 +338,82 @@ def _choose_gateway(
         f"tungo injector: several TunGateways select {who} ({refs}); choose one with the annotation "
         f"{c.GATEWAY_ANNOTATION}: <name> on the pod (or its Deployment's pod template).",
     )
+
+
+def _selecting(
+    who: str, named: GatewayInfo, labels: Mapping[str, str], matching: list[GatewayInfo]
+) -> GatewayInfo | Decision:
+    """The gateway the annotation named, if its podSelector lets this pod use it."""
+    if named.pod_selector.matches(labels):
+        return named
+    shown = ", ".join(f"{k}={v}" for k, v in sorted(labels.items())) or "none"
+    others = (
+        f"gateways that select it: {', '.join(g.ref for g in matching)}"
+        if matching
+        else "no gateway serving its namespace selects it"
+    )
+    return Decision(
+        Verdict.DENY,
+        "gateway-selector-mismatch",
+        f"tungo injector: {who} asks for TunGateway {named.ref!r} (annotation {c.GATEWAY_ANNOTATION}), but "
+        f"that gateway's spec.podSelector ({_selector_text(named.pod_selector)}) does not select it (pod "
+        f"labels: {shown}): podSelector decides which pods may use a gateway, and the annotation only "
+        f"chooses among those. Give the pod (or its Deployment's pod template) matching labels, widen the "
+        f"gateway's podSelector, or name another gateway ({others}).",
+    )
+
+
+def _selector_text(selector: LabelSelector) -> str:
+    """kubectl's ``-l`` syntax: ``app=web,tier in (db,cache),env notin (prod),team,!legacy``."""
+    parts = [f"{key}={value}" for key, value in selector.match_labels]
+    for req in selector.match_expressions:
+        values = ",".join(req.values)
+        parts.append(
+            {
+                "In": f"{req.key} in ({values})",
+                "NotIn": f"{req.key} notin ({values})",
+                "Exists": req.key,
+                "DoesNotExist": f"!{req.key}",
+            }.get(req.operator, f"{req.key} {req.operator} ({values})")
+        )
+    return ",".join(parts) or "empty: every pod"
+
+
+def _unready(who: str, gateway: GatewayInfo) -> Decision | None:
+    """Deny when ``gateway`` is not known Ready for its current spec (see the module docstring)."""
+    ready, ref = gateway.ready, gateway.ref
+    if ready is None:
+        return Decision(
+            Verdict.DENY,
+            "gateway-not-reconciled",
+            f"tungo injector: TunGateway {ref} has no Ready condition yet: the tungo operator has not "
+            f"reconciled it, so its config Secret {c.config_secret_name(gateway.name)} may not exist and "
+            f"{who} would wait in ContainerCreating. This is normal for a few seconds after a gateway is "
+            f"created: retry (controllers retry on their own). If it lasts, the operator is not "
+            f"running or does not watch namespace {gateway.namespace!r}: {OPERATOR_PODS}, then read its "
+            f"logs.",
+        )
+    if gateway.stale:
+        return Decision(
+            Verdict.DENY,
+            "gateway-stale",
+            f"tungo injector: TunGateway {ref} was changed (generation {gateway.generation}) but the tungo "
+            f"operator has last reported on generation {ready.observed_generation} "
+            f"(Ready={ready.status}: {ready.reason or 'no reason'}), so its config Secret may not match "
+            f"the new spec yet and {who} could start with an outdated tunnel or wait in ContainerCreating. "
+            f"Retry in a few seconds (controllers retry on their own); if it lasts, check that the "
+            f"operator is running: {OPERATOR_PODS}, then read its logs.",
+        )
+    if not ready.ready:
+        return Decision(
+            Verdict.DENY,
+            "gateway-not-ready",
+            f"tungo injector: TunGateway {ref} is not Ready ({ready.describe()}): {who} and other pods "
+            f"using it would wait in ContainerCreating for a config Secret that may not exist, or start "
+            f"with one the operator could not update. Fix the gateway (kubectl describe tungateway -n "
+            f"{gateway.namespace} {gateway.name}), then retry; controllers retry on their own.",
+        )
+    return None
 
 
 def _conflict(who: str, spec: Mapping[str, Any]) -> Decision | None:

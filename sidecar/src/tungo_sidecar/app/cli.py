@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TextIO, cast
 
 from tungo_sidecar import __version__
-from tungo_sidecar.config import url, yaml_io
+from tungo_sidecar.config import bounded, url, yaml_io
 from tungo_sidecar.config.model import Config
 from tungo_sidecar.config.validate import check_host, parse_port, quote, split_host_port, validate
 from tungo_sidecar.errors import ConfigError, TungoError
@@ -143,7 +143,8 @@ def parse_health(text: str) -> Address:
 
 def _read_config(source: str, stdin: TextIO) -> Config:
     if source == "-":
-        return yaml_io.load(stdin.read(), check=False)
+        # Bounded like a file: one character past the limit is enough to refuse it.
+        return yaml_io.load(stdin.read(bounded.MAX_BYTES + 1), check=False)
     stripped = source.strip()
     if stripped.startswith("{") and stripped.endswith("}"):
         return yaml_io.load(stripped, check=False)

@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 import yaml
 
+from tungo_sidecar.config import bounded
 from tungo_sidecar.config.model import (
     Auth,
     BypassConfig,
@@ -66,6 +67,8 @@ class _Obj:
         for key, item in value.items():
             if not isinstance(key, str):
                 raise ConfigError(f"{path}: key {_show(key)} is not a string")
+            if key.lower() in self.items:  # keys match case-insensitively: "Name" and "name" clash
+                raise ConfigError(f"{self.at(key)}: given twice (as {self.items[key.lower()][0]!r} too)")
             self.items[key.lower()] = (key, item)
         self.used: set[str] = set()
 
@@ -412,19 +415,13 @@ def from_data(data: object, *, check: bool = True) -> Config:
 
 
 def parse_text(text: str) -> object:
-    """YAML or JSON text (JSON when it starts with ``{``, as GOST decides) to plain data."""
+    """YAML or JSON text (JSON when it starts with ``{``, as GOST decides) to plain data, with bounded
+    work (``config.bounded``: size, depth, aliases, numbers, duplicate keys)."""
+    if len(text) > bounded.MAX_BYTES:
+        raise ConfigError(f"larger than {bounded.MAX_BYTES // (1024 * 1024)} MiB: not a config file")
     if text.lstrip().startswith("{"):
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"bad JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise ConfigError(f"bad YAML{where}: {problem}") from None
+        return bounded.parse_json(text)
+    return bounded.parse_yaml(text)
 
 
 def load(source: str | Path, *, check: bool = True) -> Config:
@@ -435,11 +432,10 @@ def load(source: str | Path, *, check: bool = True) -> Config:
     if isinstance(source, Path):
         origin = str(source)
         try:
-            text = source.read_text(encoding="utf-8")
+            with source.open("rb") as handle:
+                text = bounded.read_limited(handle, origin)
         except OSError as exc:
             raise ConfigError(f"{origin}: cannot read: {exc.strerror or exc}") from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"{origin}: not UTF-8 text") from None
     else:
         origin, text = "config", source
     try:

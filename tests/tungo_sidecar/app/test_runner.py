@@ -10,7 +10,7 @@ import pytest
 from tungo_sidecar.app import runner
 from tungo_sidecar.config.model import Config
 from tungo_sidecar.config.url import build_config
-from tungo_sidecar.errors import TungoError
+from tungo_sidecar.errors import ConfigError, TungoError
 
 
 class Recorded:
@@ -96,3 +96,30 @@ def test_node_selection_not_built_yet_is_a_loud_warning(caplog: pytest.LogCaptur
     caplog.clear()
     runner.warn_unapplied(build_config(["socks5://:1080"], ["relay://198.18.0.9:8421?strategy=fifo"]))
     assert caplog.text == ""
+
+
+def test_an_open_proxy_on_every_address_is_a_loud_warning(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("WARNING", "tungo_sidecar.app.runner")
+    runner.warn_open_proxies(build_config(["socks5://:1080", "http://u:p@:8080", "relay://127.0.0.1:8421"]))
+    assert caplog.text.count("open proxy") == 1
+    assert "service service-0 (socks5) has no auth on *:1080" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("services", "nodes", "message"),
+    [
+        (
+            ["relay+wss://:8443?certFile=/nonexistent.pem&keyFile=/nonexistent.key"],
+            [],
+            "service 'service-0': listener: tls certFile '/nonexistent.pem'",
+        ),
+        (
+            ["socks5://:1080"],
+            ["relay+tls://h:443?caFile=/nonexistent-ca.pem"],
+            "node 'node-0': dialer: tls caFile",
+        ),
+    ],
+)
+def test_unloadable_tls_files_refuse_the_start(services: list[str], nodes: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        runner.build_services(build_config(services, nodes))

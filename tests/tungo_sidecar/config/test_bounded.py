@@ -95,3 +95,9 @@ def test_aliases_and_merge_keys_a_real_config_uses_still_work() -> None:
 def test_limits_are_reported_with_where_they_were_hit() -> None:
     with pytest.raises(ConfigError, match=r"bad YAML at line 2, column \d+: more than 256 aliases"):
         bounded.parse_yaml("a: &a 1\nb: [" + ", ".join(["*a"] * 300) + "]\n")
+
+
+def test_long_digit_strings_are_text_not_numbers() -> None:
+    digest = "7" * 100  # a hash or a token in a string value is no number
+    assert bounded.parse_json('{"x": "' + digest + '", "y": [1, 2]}') == {"x": digest, "y": [1, 2]}
+    assert bounded.parse_yaml(f"x: '{digest}'\n") == {"x": digest}

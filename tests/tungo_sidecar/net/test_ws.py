@@ -441,3 +441,29 @@ async def test_per_connection_lines_are_debug_not_info(start_server, caplog) -> 
     ours = [r for r in caplog.records if r.name == "tungo_sidecar.net.ws"]
     assert "connection open" in [r.getMessage() for r in ours]
     assert [r.getMessage() for r in ours if r.levelno >= logging.INFO] == []
+
+
+async def test_debug_logs_never_show_frame_contents_or_header_secrets(
+    start_server, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A relay request's first frame carries the user and password in clear; a ws header option may
+    # carry a bearer token. Both sides' -D dumps must show neither (issue 12, item 7).
+    caplog.set_level(logging.DEBUG, "tungo_sidecar.net.ws")
+
+    async def echo(raw: SocketStream) -> Stream:
+        stream = await SERVER_TRANSPORTS["ws"].accept(raw, Plugin("ws"))
+        await stream.write(await stream.read())
+        return stream
+
+    server = await start_server(echo)
+    secret = b"relay-user:correct-horse-battery"
+    custom = plugin("ws", header={"Authorization": "Bearer s3cr3t-t0ken"})
+    stream = await dial("ws", server.port, custom)
+    await stream.write(secret)
+    assert await stream.read() == secret
+    await stream.close()
+    text = caplog.text
+    assert "BINARY [32 bytes, content not logged]" in text  # the dump is still there, minus content
+    assert "Authorization: ***" in text and "Upgrade: websocket" in text
+    for leak in ("s3cr3t", "correct", "horse", secret.hex()[:12], "72 65 6c 61"):
+        assert leak not in text, leak

@@ -29,6 +29,7 @@ from tungo_sidecar.chain.route import Policy
 from tungo_sidecar.config.model import Config, Service
 from tungo_sidecar.config.validate import insecure_tls_nodes, service_socket_options
 from tungo_sidecar.errors import ConfigError, TungoError
+from tungo_sidecar.net import transports
 from tungo_sidecar.net.direct import DirectDialer
 from tungo_sidecar.net.handlers import make_handler
 from tungo_sidecar.net.routed import RoutedDialer
@@ -98,6 +99,43 @@ def warn_unapplied(config: Config) -> None:
                 )
 
 
+def warn_open_proxies(config: Config) -> None:
+    """One start-up warning per proxy service that takes anyone (no auth) on every address: GOST's
+    behaviour, kept, but said out loud."""
+    for service in config.services:
+        if TUNGO in (service.handler.type, service.listener.type) or service.handler.auth is not None:
+            continue
+        host, _, port = service.addr.rpartition(":")
+        if host.strip("[]") in ("", "0.0.0.0", "::"):
+            log.warning(
+                "open proxy: service %s (%s) has no auth on %s:%s; anyone who reaches it can use it, "
+                "including this host's loopback services (set user:pass in the -L URL or bind an address)",
+                service.name,
+                service.handler.type,
+                host or "*",
+                port,
+            )
+
+
+def check_transports(config: Config) -> None:
+    """Load every listener's and dialer's TLS files and check their websocket options now, as
+    ``nginx -t`` and GOST do: a missing certificate or CA is a start-up error, not a warning per
+    client later."""
+    for service in config.services:
+        if TUNGO not in (service.handler.type, service.listener.type):
+            try:
+                transports.validate(service.listener, server=True)
+            except ConfigError as exc:
+                raise ConfigError(f"service {service.name!r}: listener: {exc}") from None
+    for chain in config.chains:
+        for hop in chain.hops:
+            for node in hop.nodes:
+                try:
+                    transports.validate(node.dialer, server=False)
+                except ConfigError as exc:
+                    raise ConfigError(f"chain {chain.name!r} node {node.name!r}: dialer: {exc}") from None
+
+
 def dialer_for(service: Service, config: Config, policy: Policy) -> RoutedDialer:
     """A proxy service's dialer: ``policy`` over its ``-F`` chain and a direct dialer carrying the
     service's interface and mark."""
@@ -120,6 +158,7 @@ def build_services(config: Config) -> list[Runnable]:
     """Every service of ``config``, built but not started. ConfigError on the first bad one."""
     if not config.services:
         raise ConfigError("nothing to run: no service (give at least one -L or a services: entry)")
+    check_transports(config)
     compiled = bypasses.compile_all(config)
     built: list[Runnable] = []
     for service in config.services:
@@ -148,6 +187,7 @@ async def run(
     """
     warn_insecure_tls(config)
     warn_unapplied(config)
+    warn_open_proxies(config)
     services = build_services(config)
     if health is not None:
         endpoint = HealthService(health)

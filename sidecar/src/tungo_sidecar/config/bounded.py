@@ -46,7 +46,6 @@ MAX_NODES = 200_000
 
 _MERGE = "tag:yaml.org,2002:merge"
 _INT = re.compile(r"[-+]?(?:0[xob])?[0-9_]+")
-_JSON_NUMBER = re.compile(r"-?\d{%d,}" % (MAX_INT_DIGITS + 1))
 
 
 def read_limited(stream: IO[bytes], origin: str) -> str:
@@ -61,9 +60,18 @@ def read_limited(stream: IO[bytes], origin: str) -> str:
 
 
 def parse_json(text: str) -> object:
-    depth = deepest = 0
+    _scan_json(text)
+    try:
+        return json.loads(text, object_pairs_hook=_unique_pairs)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"bad JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+
+
+def _scan_json(text: str) -> None:
+    """One pass over the raw text: nesting depth and digit runs outside strings."""
+    depth = digits = 0
     in_string = escaped = False
-    for char in text:  # a cheap scan: brackets outside strings give the nesting depth
+    for char in text:
         if in_string:
             if escaped:
                 escaped = False
@@ -71,21 +79,21 @@ def parse_json(text: str) -> object:
                 escaped = True
             elif char == '"':
                 in_string = False
-        elif char == '"':
+            continue
+        if char.isdigit():
+            digits += 1
+            if digits > MAX_INT_DIGITS:
+                raise ConfigError(f"bad JSON: a number with more than {MAX_INT_DIGITS} digits")
+            continue
+        digits = 0
+        if char == '"':
             in_string = True
         elif char in "[{":
             depth += 1
-            deepest = max(deepest, depth)
-            if deepest > MAX_DEPTH:
+            if depth > MAX_DEPTH:
                 raise ConfigError(f"bad JSON: nested deeper than {MAX_DEPTH} levels")
         elif char in "]}":
             depth -= 1
-    if _JSON_NUMBER.search(text):
-        raise ConfigError(f"bad JSON: a number with more than {MAX_INT_DIGITS} digits")
-    try:
-        return json.loads(text, object_pairs_hook=_unique_pairs)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"bad JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
 
 
 def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -55,13 +55,54 @@ if not SPEEDUPS:  # pragma: no cover - depends on the installed wheel
 
 
 class _ConnectionLog(logging.LoggerAdapter[logging.Logger]):
-    """The logger handed to websockets' protocol objects, with its per-connection INFO lines
-    ("connection open", "connection closed") demoted to DEBUG: a relay server logged two lines per
-    tunnel, a flood at hundreds of tunnels a second and measurable time per connection. Errors and
-    warnings pass unchanged; ``-D`` shows the demoted lines."""
+    """The logger handed to websockets' protocol objects.
+
+    Its per-connection INFO lines ("connection open", "connection closed") are demoted to DEBUG: a
+    relay server logged two lines per tunnel, a flood at hundreds of tunnels a second and measurable
+    time per connection. Errors and warnings pass unchanged; ``-D`` shows the demoted lines.
+
+    And nothing secret reaches a log at any level: websockets' frame dump shows the first bytes of
+    each data frame (a relay request's user and password in clear), and its handshake dump every
+    header value (``Authorization: Bearer ...`` from a ws ``header`` option). Data frames are logged
+    as their type and size only, header values other than the handshake's own as ``***``.
+    """
 
     def info(self, msg: object, *args: object, **kwargs: Any) -> None:
         self.debug(msg, *args, **kwargs)
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        if args and isinstance(msg, str):
+            args = _redacted(msg, args)
+        super().log(level, msg, *args, **kwargs)
+
+
+#: Handshake headers whose values are safe (and useful) in a debug log; any other value is redacted.
+_LOGGABLE_HEADERS = frozenset(
+    {
+        "host",
+        "upgrade",
+        "connection",
+        "sec-websocket-key",
+        "sec-websocket-version",
+        "sec-websocket-accept",
+        "sec-websocket-extensions",
+        "sec-websocket-protocol",
+        "user-agent",
+        "server",
+        "date",
+        "content-type",
+        "content-length",
+    }
+)
+
+
+def _redacted(msg: str, args: tuple[object, ...]) -> tuple[object, ...]:
+    if msg in ("< %s", "> %s") and isinstance(args[0], Frame) and args[0].opcode in _DATA:
+        frame = args[0]
+        return (f"{frame.opcode.name} [{len(frame.data)} bytes, content not logged]",)
+    if msg in ("< %s: %s", "> %s: %s") and len(args) == 2 and str(args[0]).lower() not in _LOGGABLE_HEADERS:
+        return (args[0], "***")
+    return args
 
 
 _protocol_log = _ConnectionLog(log, {})

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import signal
 import subprocess
+import time
 import sys
 import types
 from pathlib import Path
@@ -242,3 +244,29 @@ def test_script_bad_input_exits_2_with_one_line() -> None:
     assert result.stderr == (
         'tungo: error: -F "relay+wsx://user:***@h:1": unknown dialer "wsx" (known: tcp, tls, ws, wss)\n'
     )
+
+
+def test_sighup_is_a_logged_no_op_and_sigterm_still_stops(tmp_path: Path) -> None:
+    # SIGHUP's default action would kill tungo and leave a TUN service's routes behind (issue 12).
+    proc = subprocess.Popen(
+        [str(TUNGO), "-L", "socks5://127.0.0.1:0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 15
+        while "service(s) running" not in (line := proc.stdout.readline()):
+            assert line and time.monotonic() < deadline, "tungo did not start"
+        proc.send_signal(signal.SIGHUP)
+        assert "SIGHUP received: reloading the config is not supported yet" in proc.stdout.readline()
+        assert proc.poll() is None  # still serving
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        if proc.stdout is not None:
+            proc.stdout.close()

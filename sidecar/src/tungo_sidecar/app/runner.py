@@ -201,7 +201,7 @@ async def run(
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     handled: list[signal.Signals] = []
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             # Not on the main thread (tests) or not on this platform: ``stop`` still works.
             loop.add_signal_handler(sig, _on_signal, sig, stop)
@@ -260,6 +260,11 @@ async def running(config: Config) -> AsyncIterator[list[Runnable]]:
 
 
 def _on_signal(sig: signal.Signals, stop: asyncio.Event) -> None:
+    if sig == signal.SIGHUP:
+        # Its default action would kill the process and leave a TUN service's routes and nft tables
+        # behind. Until reload exists, SIGHUP is acknowledged and changes nothing.
+        log.warning("tungo: SIGHUP received: reloading the config is not supported yet; nothing changed")
+        return
     if stop.is_set():
         return
     log.info("tungo: %s received, shutting down", sig.name)

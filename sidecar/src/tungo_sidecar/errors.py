@@ -10,6 +10,7 @@ class they can act on. Always chain (``raise X(...) from exc``) so the cause sta
     │   ├── Socks5ProtocolError     malformed socks5 message (``.reply``: the REP a server should send)
     │   ├── HttpProtocolError       malformed or oversized HTTP CONNECT head (``.status``: what to answer)
     │   └── DnsError (proto.dns)    a DNS message whose header or question does not parse (also a ValueError)
+    │       └── QueryError (proto.dnsmsg)  a query the DNS service refuses (``.reply``: the answer, or None)
     ├── RelayStatusError            a relay server answered non-OK; one subclass per status code
     │   ├── RelayBadRequest (1)         ├── RelayServiceUnavailable (5)
     │   ├── RelayUnauthorized (2)       ├── RelayHostUnreachable (6)

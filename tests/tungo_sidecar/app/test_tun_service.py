@@ -98,3 +98,15 @@ async def test_a_failed_chain_dial_asks_for_a_probe_now() -> None:
     with pytest.raises(errors.DialError):
         await svc.dialer.dial_tcp(Address("198.18.0.1", 80))
     assert svc._probe_now.is_set()
+
+
+def test_the_dns_service_answers_teach_a_dns_sniffing_tun_service() -> None:
+    config = build_config(
+        [TUN + "&sniffing.udp=true", "dns://127.0.0.1:53?dns=udp://198.18.0.53:53"], ["relay://198.18.0.9:8421"]
+    )
+    tun, dns = runner.build_services(config)
+    assert isinstance(tun, TunService) and tun.sniffing.udp
+    assert getattr(dns, "on_answer", None) == tun.learn_dns
+    tun.learn_dns(b"\x00" * 12)  # before start (no engine yet): nothing to learn into, no error
+    without = runner.build_services(build_config([TUN, "dns://127.0.0.1:53?dns=udp://198.18.0.53:53"]))
+    assert getattr(without[1], "on_answer", "unset") is None  # the TUN does not sniff DNS: no hook

@@ -391,7 +391,7 @@ def test_tungo_without_address_and_empty_l_values_skipped() -> None:
         ("-F", "relay://h:1?strategy=best", 'unknown selector strategy "best"'),
         ("-F", "relay://h:1?resolver=1.1.1.1", 'option "resolver" is not supported by tungo'),
         ("-F", "", '-F "": empty URL'),
-        ("-L", "relay+wsx://:1", 'unknown listener "wsx" (known: tcp, tls, tungo, ws, wss)'),
+        ("-L", "relay+wsx://:1", 'unknown listener "wsx" (known: dns, tcp, tls, tungo, ws, wss)'),
         ("-L", "rely+wss://:1", 'unknown handler "rely"'),
         (
             "-L",
@@ -400,7 +400,7 @@ def test_tungo_without_address_and_empty_l_values_skipped() -> None:
             "e.g. relay+wss://...",
         ),
         ("-L", ":8080", "e.g. socks5://..."),
-        ("-L", "kcp://:1", 'unknown scheme "kcp" (handlers: http, relay, socks, socks5, tungo; listeners:'),
+        ("-L", "kcp://:1", 'unknown scheme "kcp" (handlers: dns, http, relay, socks, socks5, tungo; listen'),
         ("-L", "socks5://:99999", 'bad port "99999" in ":99999" (0-65535)'),
         ("-L", "socks5://:-1", 'bad port ""'),
         ("-L", "socks5://", "no listen address (use [host]:port, e.g. :8080)"),

@@ -12,8 +12,8 @@ from tungo_sidecar.errors import ConfigError
 
 
 def test_known_types_are_the_ones_tungo_promises() -> None:
-    assert set(v.HANDLERS) == {"relay", "socks5", "socks", "http", "tungo"}
-    assert set(v.LISTENERS) == {"tcp", "tls", "ws", "wss", "tungo"}
+    assert set(v.HANDLERS) == {"relay", "socks5", "socks", "http", "tungo", "dns"}
+    assert set(v.LISTENERS) == {"tcp", "tls", "ws", "wss", "tungo", "dns"}
     assert set(v.CONNECTORS) == {"relay", "socks5", "socks", "http"}
     assert set(v.DIALERS) == {"tcp", "tls", "ws", "wss"}
     assert v.HANDLERS["socks"] == v.HANDLERS["socks5"] and v.CONNECTORS["socks"] == v.CONNECTORS["socks5"]
@@ -21,6 +21,7 @@ def test_known_types_are_the_ones_tungo_promises() -> None:
     assert v.CONNECTORS["relay"].udp and not v.CONNECTORS["http"].udp
     assert v.DIALERS["wss"] == v.Capabilities(tls=True, websocket=True)
     assert v.LISTENERS["tungo"].tun and v.HANDLERS["tungo"].tun and not v.HANDLERS["tungo"].auth
+    assert v.LISTENERS["dns"].dns and v.HANDLERS["dns"].dns and not v.HANDLERS["dns"].auth
     with pytest.raises(TypeError):
         v.HANDLERS["auto"] = v.Capabilities()  # type: ignore[index]
 

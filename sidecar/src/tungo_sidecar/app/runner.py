@@ -11,7 +11,8 @@ Proxy services (relay, socks5, http handlers) are ``net.service.ProxyService``s;
 ``RoutedDialer``: its route policy (the service's bypass refuses, its chain's hop/node bypasses shorten
 the route; ``app.bypasses`` compiles them once for all services), the ``ChainDialer`` of its ``chain``
 (``-F``) and a ``DirectDialer``. The TUN data plane (handler/listener ``tungo``) plugs in through
-``TUN_SERVICE_FACTORY`` (see ``_tun_service``) and builds its dialers with its own routing mark.
+``TUN_SERVICE_FACTORY`` (see ``_tun_service``) and builds its dialers with its own routing mark. A DNS
+service (handler/listener ``dns``) is built by ``app.dns_service``, whose sockets carry the TUN's mark.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import signal
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
-from tungo_sidecar.app import bypasses, tun_service
+from tungo_sidecar.app import bypasses, dns_service, tun_service
 from tungo_sidecar.app.health import HealthService
 from tungo_sidecar.chain.route import Policy
 from tungo_sidecar.config.model import Config, Service
@@ -31,6 +32,7 @@ from tungo_sidecar.config.validate import insecure_tls_nodes, service_socket_opt
 from tungo_sidecar.errors import ConfigError, TungoError
 from tungo_sidecar.net import transports
 from tungo_sidecar.net.direct import DirectDialer
+from tungo_sidecar.net.dnsserver import DnsService
 from tungo_sidecar.net.handlers import make_handler
 from tungo_sidecar.net.routed import RoutedDialer
 from tungo_sidecar.net.router import ChainDialer
@@ -99,11 +101,16 @@ def warn_unapplied(config: Config) -> None:
                 )
 
 
+def _proxy(service: Service) -> bool:
+    """A proxy service (a stream handler on a transport listener), not the TUN or a DNS service."""
+    return not {TUNGO, dns_service.DNS} & {service.handler.type, service.listener.type}
+
+
 def warn_open_proxies(config: Config) -> None:
     """One start-up warning per proxy service that takes anyone (no auth) on every address: GOST's
     behaviour, kept, but said out loud."""
     for service in config.services:
-        if TUNGO in (service.handler.type, service.listener.type) or service.handler.auth is not None:
+        if not _proxy(service) or service.handler.auth is not None:
             continue
         host, _, port = service.addr.rpartition(":")
         if host.strip("[]") in ("", "0.0.0.0", "::"):
@@ -122,7 +129,7 @@ def check_transports(config: Config) -> None:
     ``nginx -t`` and GOST do: a missing certificate or CA is a start-up error, not a warning per
     client later."""
     for service in config.services:
-        if TUNGO not in (service.handler.type, service.listener.type):
+        if _proxy(service):
             try:
                 transports.validate(service.listener, server=True)
             except ConfigError as exc:
@@ -165,9 +172,22 @@ def build_services(config: Config) -> list[Runnable]:
         policy = bypasses.policy_for(service, config, compiled)
         if TUNGO in (service.handler.type, service.listener.type):
             built.append(_tun_service(service, config, policy))
+        elif dns_service.DNS in (service.handler.type, service.listener.type):
+            built.append(dns_service.make_dns_service(service, config, compiled))
         else:
             built.append(ProxyService(service, make_handler(service, dialer_for(service, config, policy))))
+    _share_dns_answers(built)
     return built
+
+
+def _share_dns_answers(built: list[Runnable]) -> None:
+    """The DNS service's answers teach a TUN service that sniffs DNS (``sniffing.udp``) the names of
+    the addresses it answered, as answers the TUN itself carries do: in a pod whose resolver is the
+    DNS service, no answer crosses the TUN at all."""
+    learners = [s for s in built if isinstance(s, tun_service.TunService) and s.sniffing.udp]
+    for service in built:
+        if isinstance(service, DnsService) and learners:
+            service.on_answer = learners[0].learn_dns
 
 
 async def run(

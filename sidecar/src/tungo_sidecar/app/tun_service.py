@@ -203,6 +203,11 @@ class TunService:
         if self.probe is not None:
             self._probe_task = asyncio.create_task(self._probe_loop(), name=f"tungo {settings.name} probe")
 
+    def learn_dns(self, payload: bytes) -> None:
+        """A DNS answer seen elsewhere (the DNS service of the same process) fills the name map too."""
+        if self.engine is not None:
+            self.engine.learn_dns(payload)
+
     def _engine_ended(self, task: asyncio.Task[None]) -> None:
         if task.cancelled():
             return

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from tungo_sidecar.config.dns import DnsSettings
 from tungo_sidecar.config.model import Config, Hop, Node, Plugin, Service
 from tungo_sidecar.config.sniffing import SniffSettings
 from tungo_sidecar.errors import ConfigError
@@ -34,6 +35,7 @@ class Capabilities:
     websocket: bool = False  # listener/dialer: websocket framing, ``path`` metadata (default /ws)
     tun: bool = False  # handler/listener: a TUN device; a tun handler pairs only with a tun listener
     sniffing: bool = False  # handler: applies GOST's sniffing* options (config.sniffing)
+    dns: bool = False  # handler/listener: a DNS server (config.dns); pairs only with its own kind
 
 
 # The names match GOST's registry names (``socks`` is GOST's alias of ``socks5``).
@@ -44,6 +46,7 @@ HANDLERS: Mapping[str, Capabilities] = MappingProxyType(
         "socks": Capabilities(udp=True, auth=True),
         "http": Capabilities(auth=True),
         "tungo": Capabilities(udp=True, tun=True, sniffing=True),
+        "dns": Capabilities(udp=True, dns=True),
     }
 )
 LISTENERS: Mapping[str, Capabilities] = MappingProxyType(
@@ -53,6 +56,7 @@ LISTENERS: Mapping[str, Capabilities] = MappingProxyType(
         "ws": Capabilities(websocket=True),
         "wss": Capabilities(tls=True, websocket=True),
         "tungo": Capabilities(tun=True),
+        "dns": Capabilities(udp=True, dns=True),
     }
 )
 CONNECTORS: Mapping[str, Capabilities] = MappingProxyType(
@@ -210,6 +214,11 @@ def check_service_plugins(service: Service) -> None:
             f"handler {quote(service.handler.type)} and listener {quote(service.listener.type)} do not "
             "pair (the tungo handler runs only on the tungo listener, and the other way round)"
         )
+    if handler.dns != listener.dns:
+        raise ConfigError(
+            f"handler {quote(service.handler.type)} and listener {quote(service.listener.type)} do not "
+            "pair (the dns handler runs only on the dns listener, and the other way round: -L dns://...)"
+        )
     if service.handler.auth is not None and not handler.auth:
         raise ConfigError(f"handler {quote(service.handler.type)} takes no auth")
     sniffing = SniffSettings.from_metadata(service.handler.metadata)
@@ -218,6 +227,8 @@ def check_service_plugins(service: Service) -> None:
             f"handler {quote(service.handler.type)}: sniffing is applied by the tungo handler only "
             "(a proxy handler's clients name their target themselves)"
         )
+    if handler.dns:
+        DnsSettings.from_service(service)
 
 
 def check_selector(hop: Hop) -> None:

@@ -17,6 +17,7 @@ truncated or malformed ends the walk: the complete records before it still count
 response cut short by a middlebox. Work is bounded whatever the counts claim: at most ``MAX_ANSWERS``
 records are looked at, names are at most 255 octets / 127 labels, and compression pointers must point
 strictly before the start of the name segment that holds them, so every pointer walk ends.
+That name walker, ``read_name``, is also what ``proto.dnsmsg`` (the DNS service's codec) reads names with.
 """
 
 from __future__ import annotations
@@ -64,8 +65,11 @@ class DnsAnswer:
 _Name = tuple[bytes, ...]  # lower-cased labels, the root excluded
 
 
-def _read_name(message: bytes, start: int) -> tuple[_Name, int]:
-    """The name at ``start`` and the offset just past it in place (after its first pointer, if any)."""
+def read_name(message: bytes, start: int) -> tuple[_Name, int]:
+    """The name at ``start`` (lower-cased labels, the root excluded) and the offset just past it in
+    place (after its first pointer, if any). ``DnsError`` when it runs past the end, is longer than 255
+    octets, uses a reserved label type or a pointer that does not point strictly backward into the body.
+    Shared with ``proto.dnsmsg`` (the DNS service's query codec): one walker, one set of bounds."""
     labels: list[bytes] = []
     octets = 1  # the root's zero octet
     pos = start
@@ -125,7 +129,7 @@ def parse_response(payload: bytes) -> DnsAnswer | None:
     is_response, opcode, rcode = flags >> 15, (flags >> 11) & 0xF, flags & 0xF
     if not is_response or opcode != 0 or rcode != 0 or qdcount != 1:
         return None
-    qname, pos = _read_name(payload, _HEADER)
+    qname, pos = read_name(payload, _HEADER)
     if pos + 4 > len(payload):
         raise DnsError("dns: question runs past the end")
     qclass = int.from_bytes(payload[pos + 2 : pos + 4], "big")
@@ -138,7 +142,7 @@ def parse_response(payload: bytes) -> DnsAnswer | None:
     records: list[tuple[_Name, IPv4Address | IPv6Address, int]] = []
     for _ in range(min(ancount, MAX_ANSWERS)):
         try:
-            owner, pos = _read_name(payload, pos)
+            owner, pos = read_name(payload, pos)
         except DnsError:
             break
         if pos + 10 > len(payload):
@@ -159,7 +163,7 @@ def parse_response(payload: bytes) -> DnsAnswer | None:
             records.append((owner, IPv6Address(payload[rdata_at:pos]), ttl))
         elif rtype == _TYPE_CNAME:
             try:
-                target, used = _read_name(payload, rdata_at)
+                target, used = read_name(payload, rdata_at)
             except DnsError:
                 break
             if used != pos:
@@ -187,4 +191,4 @@ def parse_response(payload: bytes) -> DnsAnswer | None:
     return DnsAnswer(name, tuple(addresses.items()))
 
 
-__all__ = ["MAX_ANSWERS", "MAX_CNAME_HOPS", "DnsAnswer", "DnsError", "parse_response"]
+__all__ = ["MAX_ANSWERS", "MAX_CNAME_HOPS", "DnsAnswer", "DnsError", "parse_response", "read_name"]

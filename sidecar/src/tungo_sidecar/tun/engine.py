@@ -94,7 +94,7 @@ class TunEngine:
             timeout=udp_timeout,
             dial_timeout=dial_timeout,
             mtu=device.mtu,
-            dns_reply=self._learn_dns if self.dns_map is not None else None,
+            dns_reply=self.learn_dns if self.dns_map is not None else None,
         )
         self.frags = Reassembler(frag_limits or FragLimits(), self.stats.drops)
         self._ifaces: dict[int, ipaddress.IPv4Interface | ipaddress.IPv6Interface] = {}
@@ -276,8 +276,10 @@ class TunEngine:
                 return Flow(network, src, dst, name)
         return Flow(network, src, dst)
 
-    def _learn_dns(self, payload: bytes) -> None:
-        assert self.dns_map is not None
+    def learn_dns(self, payload: bytes) -> None:
+        """Learn the names of a DNS answer's addresses (a no-op unless ``sniffing.udp`` is on)."""
+        if self.dns_map is None:
+            return
         try:
             answer = dns.parse_response(payload)
         except dns.DnsError:

@@ -14,8 +14,11 @@ def test_sidecar_settings_from_the_chart_environment() -> None:
             "TUNGO_SIDECAR_PULL_POLICY": "Always",
             "TUNGO_SIDECAR_MEMORY_LIMIT": "512Mi",
             "TUNGO_SIDECAR_STARTUP_TIMEOUT": "30",
+            "TUNGO_CLUSTER_DOMAIN": "k8s.example.",
         }
     )
+    assert settings.cluster_domain == "k8s.example"  # for split-DNS pods' search list
+    assert app.sidecar_settings({"TUNGO_SIDECAR_IMAGE": "i"}).cluster_domain == "cluster.local"
     assert settings.image == "reg.example/kube-tungo:1.2.3" and settings.image_pull_policy == "Always"
     assert settings.memory_limit == "512Mi" and settings.startup_timeout_s == 30
     assert settings.cpu_request == "50m"  # default kept

@@ -580,3 +580,28 @@ def test_injected_pods_are_valid_kubernetes_pods(version: str) -> None:
         kubernetes_validate.validate(
             apply(pod, decide(pod, namespace_info=SHOP_OPTED_IN)), version, strict=True
         )
+
+
+def test_split_dns_points_the_pod_resolver_at_the_sidecar_and_lets_it_bind_port_53() -> None:
+    pod = load("plain.yaml")
+    pod["spec"]["dnsConfig"] = {"searches": ["corp.example"], "options": [{"name": "ndots", "value": "2"}]}
+    settings = sidecar.SidecarSettings(image="tungo:test", cluster_domain="k8s.example")
+    out = apply(pod, decide(pod, gateways=[gw("edge", dns={"mode": "tunnel"})], settings=settings))
+    assert out["spec"]["dnsPolicy"] == "None"
+    assert out["spec"]["dnsConfig"] == {
+        "nameservers": ["127.0.0.1"],
+        "searches": ["shop.svc.k8s.example", "svc.k8s.example", "k8s.example", "corp.example"],
+        "options": [{"name": "ndots", "value": "5"}],
+    }
+    caps = out["spec"]["initContainers"][0]["securityContext"]["capabilities"]
+    assert caps == {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_BIND_SERVICE"]}
+    # The default mode leaves the pod's DNS alone and adds no capability; so does a pod that chose
+    # its resolvers itself (dnsPolicy: None).
+    plain = apply(load("plain.yaml"), decide(load("plain.yaml")))
+    assert "dnsConfig" not in plain["spec"] and plain["spec"]["dnsPolicy"] == "ClusterFirst"
+    assert plain["spec"]["initContainers"][0]["securityContext"]["capabilities"]["add"] == ["NET_ADMIN"]
+    chosen = load("plain.yaml")
+    chosen["spec"]["dnsPolicy"] = "None"
+    chosen["spec"]["dnsConfig"] = {"nameservers": ["192.0.2.53"]}
+    kept = apply(chosen, decide(chosen, gateways=[gw("edge", dns={"mode": "tunnel"})]))
+    assert kept["spec"]["dnsConfig"] == {"nameservers": ["192.0.2.53"]}

@@ -101,6 +101,10 @@ class ReadyCondition:
         return ": ".join(part for part in (self.reason, self.message) if part) or f"Ready={self.status}"
 
 
+#: ``spec.dns.mode`` that points the pod's resolver at the sidecar's DNS service.
+DNS_TUNNEL: Final = "tunnel"
+
+
 @dataclass(frozen=True, slots=True)
 class GatewayInfo:
     """What the injector needs to know about one TunGateway."""
@@ -111,6 +115,7 @@ class GatewayInfo:
     namespace_selector: LabelSelector | None = None  # None: only pods of its own namespace
     ready: ReadyCondition | None = None  # None: the controller has not reported on it (yet)
     generation: int | None = None  # metadata.generation: the spec version ``ready`` must be about
+    dns_tunnel: bool = False  # spec.dns.mode == tunnel: the pod resolves through the sidecar
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> GatewayInfo:
@@ -127,6 +132,7 @@ class GatewayInfo:
             else parse_label_selector(raw_ns, "spec.namespaceSelector"),
             ready=ReadyCondition.from_status(body.get("status")),
             generation=_generation(meta.get("generation")),
+            dns_tunnel=isinstance(spec.get("dns"), Mapping) and spec["dns"].get("mode") == DNS_TUNNEL,
         )
 
     def serves(self, namespace: NamespaceInfo) -> bool:
@@ -265,7 +271,7 @@ def decide(
         Verdict.INJECT,
         "injected",
         f"{who}: injected with TunGateway {chosen.ref!r}",
-        patch=_patch(pod, chosen.name, settings),
+        patch=_patch(pod, chosen, namespace, settings),
         gateway=chosen.name,
     )
 
@@ -439,11 +445,14 @@ def _conflict(who: str, spec: Mapping[str, Any]) -> Decision | None:
     return None
 
 
-def _patch(pod: Mapping[str, Any], gateway: str, settings: sidecar.SidecarSettings) -> tuple[PatchOp, ...]:
+def _patch(
+    pod: Mapping[str, Any], chosen: GatewayInfo, namespace: str, settings: sidecar.SidecarSettings
+) -> tuple[PatchOp, ...]:
     meta = pod.get("metadata") or {}
     spec = pod.get("spec") or {}
+    gateway = chosen.name
     ops: list[PatchOp] = []
-    ctr = sidecar.container(settings)
+    ctr = sidecar.container(settings, dns=chosen.dns_tunnel)
     if "initContainers" in spec and spec["initContainers"] is not None:
         ops.append(PatchOp("add", pointer("spec", "initContainers", 0), ctr))
     else:
@@ -453,6 +462,12 @@ def _patch(pod: Mapping[str, Any], gateway: str, settings: sidecar.SidecarSettin
         ops.extend(PatchOp("add", pointer("spec", "volumes", "-"), v) for v in vols)
     else:
         ops.append(PatchOp("add", pointer("spec", "volumes"), vols))
+    if chosen.dns_tunnel and spec.get("dnsPolicy") != "None":
+        # The pod resolves through the sidecar's DNS service (127.0.0.1:53): cluster names go to the
+        # cluster DNS unchanged, every other name through the chain. Search domains and ndots as the
+        # kubelet would set them for ClusterFirst; the pod's own extra ones are kept. A pod that set
+        # ``dnsPolicy: None`` chose its resolvers itself: left as it is.
+        ops.extend(_dns_config(spec, namespace, settings.cluster_domain))
     # The status says "injected" (the controller counts these); the gateway annotation records the
     # choice so the controller knows which gateway's Secret this namespace needs. Both are set even
     # when present: an annotation copied from elsewhere must not lie about this pod.
@@ -465,3 +480,19 @@ def _patch(pod: Mapping[str, Any], gateway: str, settings: sidecar.SidecarSettin
             for key, value in new_annotations.items()
         )
     return tuple(ops)
+
+
+def _dns_config(spec: Mapping[str, Any], namespace: str, domain: str) -> list[PatchOp]:
+    own = spec.get("dnsConfig") or {}
+    searches = [f"{namespace}.svc.{domain}", f"svc.{domain}", domain]
+    searches += [s for s in own.get("searches") or () if s not in searches]
+    options = [o for o in own.get("options") or () if isinstance(o, Mapping) and o.get("name") != "ndots"]
+    config = {
+        "nameservers": [sidecar.DNS_ADDRESS],
+        "searches": searches,
+        "options": [{"name": "ndots", "value": "5"}, *options],
+    }
+    return [
+        PatchOp("add", pointer("spec", "dnsPolicy"), "None"),
+        PatchOp("add", pointer("spec", "dnsConfig"), config),
+    ]

@@ -18,6 +18,9 @@ Why these choices:
   kubelet reports it clearly before the container starts. Both ways need the container runtime's
   default device rules (runc and crun allow ``c 10:200``), and both need the PodSecurity "privileged"
   level, which NET_ADMIN already requires.
+- **NET_BIND_SERVICE only for split DNS** (the gateway's ``spec.dns.mode: tunnel``): the sidecar's DNS
+  service listens on 127.0.0.1:53, the port resolv.conf cannot change, and root without the capability
+  cannot bind below 1024 once every capability is dropped.
 - **No readinessProbe**: a relay outage would otherwise take the pod out of its Services, turning an
   egress problem into an ingress outage; liveness restarts a wedged sidecar.
 """
@@ -35,6 +38,8 @@ TUN_DEVICE: Final = "/dev/net/tun"
 HEALTH_PORT_NAME: Final = "tungo-health"  # port names are at most 15 characters
 # The secret holds credentials: readable by the sidecar's user (root) only.
 CONFIG_FILE_MODE: Final = 0o400
+#: Where the sidecar's DNS service listens with ``spec.dns.mode: tunnel`` (the pod's nameserver).
+DNS_ADDRESS: Final = "127.0.0.1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,10 +54,13 @@ class SidecarSettings:
     # Seconds the tunnel may take to come up before the kubelet restarts the sidecar: the chain dial
     # includes DNS, TCP, TLS and the websocket upgrade to a server that may be far away.
     startup_timeout_s: int = 120
+    # The cluster's DNS domain (kubelet --cluster-domain), for the search list of split-DNS pods.
+    cluster_domain: str = "cluster.local"
 
 
-def container(settings: SidecarSettings) -> dict[str, Any]:
-    """The sidecar container, ready to insert at ``initContainers[0]``."""
+def container(settings: SidecarSettings, *, dns: bool = False) -> dict[str, Any]:
+    """The sidecar container, ready to insert at ``initContainers[0]``; ``dns``: it serves the pod's
+    DNS on port 53 (split DNS), which needs NET_BIND_SERVICE."""
 
     def probe(path: str, period_s: int, failures: int) -> dict[str, Any]:
         return {
@@ -83,7 +91,10 @@ def container(settings: SidecarSettings) -> dict[str, Any]:
             "privileged": False,
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"], "add": ["NET_ADMIN"]},
+            "capabilities": {
+                "drop": ["ALL"],
+                "add": ["NET_ADMIN", "NET_BIND_SERVICE"] if dns else ["NET_ADMIN"],
+            },
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "volumeMounts": [

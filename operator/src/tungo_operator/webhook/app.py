@@ -47,6 +47,8 @@ def sidecar_settings(env: Mapping[str, str]) -> sidecar.SidecarSettings:
         memory_request=env.get("TUNGO_SIDECAR_MEMORY_REQUEST", defaults.memory_request),
         memory_limit=env.get("TUNGO_SIDECAR_MEMORY_LIMIT", defaults.memory_limit),
         startup_timeout_s=int(timeout),
+        cluster_domain=env.get("TUNGO_CLUSTER_DOMAIN", defaults.cluster_domain).strip().rstrip(".")
+        or defaults.cluster_domain,
     )
 
 

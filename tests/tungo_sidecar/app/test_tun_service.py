@@ -102,7 +102,8 @@ async def test_a_failed_chain_dial_asks_for_a_probe_now() -> None:
 
 def test_the_dns_service_answers_teach_a_dns_sniffing_tun_service() -> None:
     config = build_config(
-        [TUN + "&sniffing.udp=true", "dns://127.0.0.1:53?dns=udp://198.18.0.53:53"], ["relay://198.18.0.9:8421"]
+        [TUN + "&sniffing.udp=true", "dns://127.0.0.1:53?dns=udp://198.18.0.53:53"],
+        ["relay://198.18.0.9:8421"],
     )
     tun, dns = runner.build_services(config)
     assert isinstance(tun, TunService) and tun.sniffing.udp

@@ -20,6 +20,7 @@ from cryptography import x509
 from cryptography.x509.verification import PolicyBuilder, Store
 
 import tungo_operator.main as operator_main
+from tungo_operator.model import exclusions
 from tungo_operator.webhook import app, handlers
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -209,6 +210,9 @@ def test_rbac_is_least_privilege(helm: Path) -> None:
     }
     operator = roles["rel-kube-tungo-operator"]
     assert all("*" not in triple for rules_ in roles.values() for triple in rules_)
+    # Cluster exclusions only read: Nodes, ServiceCIDRs, Services (watched cluster-wide by kopf).
+    for group, resource in (("", "nodes"), ("networking.k8s.io", "servicecidrs"), ("", "services")):
+        assert {v for g, r, v in operator if (g, r) == (group, resource)} == {"get", "list", "watch"}
     writes = {(g, r) for g, r, v in operator if v in {"create", "update", "patch", "delete"}}
     assert writes == {
         ("tungo.dev", "tungateways"),  # finalizer and kopf's progress annotations
@@ -322,6 +326,9 @@ def test_existing_secret_mode(helm: Path) -> None:
         (["sidecar.resources.requests.cpu=lots"], "/sidecar/resources/requests/cpu"),
         (["operator.watchNamespaces={Bad_NS}"], "/operator/watchNamespaces/0"),
         (["image.pullPolicy=Sometimes"], "/image/pullPolicy"),
+        (["clusterExclusions.serviceCIDRs={10.96.0.0}"], "/clusterExclusions/serviceCIDRs/0"),
+        (["clusterExclusions.dnsService.name=Kube_DNS"], "/clusterExclusions/dnsService/name"),
+        (["clusterExclusions.discovery=maybe"], "/clusterExclusions/discovery"),
     ],
 )
 def test_schema_rejects_bad_values(helm: Path, sets: list[str], complaint: str) -> None:
@@ -354,3 +361,56 @@ def test_install_notes_tell_how_to_opt_in_and_allow_net_admin(helm: Path) -> Non
         "webhook.failurePolicy=Ignore",
     )
     assert "leaves unencrypted" in ignore.stdout
+
+
+def test_cluster_exclusion_values_reach_the_operator_and_its_rbac(
+    helm: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def operator_of(docs: list[dict[str, Any]]) -> Any:
+        (ctr,) = one(docs, "Deployment", "-operator")["spec"]["template"]["spec"]["containers"]
+        return operator_main.discovery_config(operator_main.build_parser().parse_args(ctr["command"][1:]))
+
+    def service_rules(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        role = one(docs, "ClusterRole", "-operator")
+        return [r for r in role["rules"] if "services" in r["resources"] or "nodes" in r["resources"]]
+
+    default = operator_of(render(helm))
+    assert default == exclusions.DiscoveryConfig()  # discovery on, kube-system/kube-dns, no fallbacks
+
+    values: dict[str, Any] = {
+        "operator": {"watchNamespaces": ["shop"]},
+        "clusterExclusions": {
+            "serviceCIDRs": ["10.96.0.0/12", "fd00:10:96::/112"],
+            "podCIDRs": ["10.244.0.0/16"],
+            "dnsService": {"namespace": "dns", "name": "coredns"},
+        },
+    }
+    docs = render(helm, values=values, tmp=tmp_path)
+    validate_all(docs)
+    assert operator_of(docs) == exclusions.DiscoveryConfig(
+        service_cidrs=("10.96.0.0/12", "fd00:10:96::/112"),
+        pod_cidrs=("10.244.0.0/16",),
+        dns_service=("dns", "coredns"),
+    )
+    # Namespaced: the operator GETs the two Services by name (no Service list/watch anywhere).
+    services = [r for r in service_rules(docs) if r["resources"] == ["services"]]
+    assert services == [
+        {
+            "apiGroups": [""],
+            "resources": ["services"],
+            "resourceNames": ["coredns", "kubernetes"],
+            "verbs": ["get"],
+        }
+    ]
+    assert not [r for r in by_kind(docs, "Role") for rule in r["rules"] if "services" in rule["resources"]]
+
+    off = render(helm, "clusterExclusions.discovery=false")
+    validate_all(off)
+    assert operator_of(off).enabled is False and service_rules(off) == []
+    assert not [t for t in rules(one(off, "ClusterRole", "-operator")) if t[1] == "servicecidrs"]
+
+    # The schema checks the shape of a CIDR; host bits set pass it, and the operator refuses them.
+    with pytest.raises(SystemExit) as info:
+        operator_main.build_parser().parse_args(["--service-cidr=10.96.0.1/12"])
+    assert info.value.code == 2
+    assert "'10.96.0.1/12' has host bits set (did you mean 10.96.0.0/12?)" in capsys.readouterr().err

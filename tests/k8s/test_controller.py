@@ -16,6 +16,8 @@ What kmock 0.8 does not do, and how these tests live with it:
   collection, ``stringData`` stored as is, label selectors ignored on list/watch.
 * Events are stored by name, and kopf's have only ``generateName``: after the first one, posting gets
   409 (kopf logs it and goes on), so tests read the POSTed events from kmock's request log instead.
+* Its API discovery lists exactly the resources a test declares: leaving ``servicecidrs`` out plays an
+  API server older than Kubernetes 1.33 (a GET of the list answers 404, kopf does not watch it).
 """
 
 from __future__ import annotations
@@ -40,6 +42,12 @@ from kmock._internal import parsing as kmock_parsing
 from tungo_operator.handlers.controller import make_settings
 from tungo_operator.main import operate
 from tungo_operator.model.chain import parse_chain
+from tungo_operator.model.exclusions import (
+    ClusterFacts,
+    DiscoveryConfig,
+    ServiceLookup,
+    cluster_exclusions,
+)
 from tungo_operator.model.gateway import parse_gateway
 from tungo_operator.render.config import decode_secret, render_config
 
@@ -50,6 +58,14 @@ GW_PATH = "/apis/tungo.dev/v1alpha1/namespaces/{ns}/tungateways"
 CHAIN_PATH = "/apis/tungo.dev/v1alpha1/namespaces/{ns}/chains"
 SECRET_PATH = "/api/v1/namespaces/{ns}/secrets"
 POD_PATH = "/api/v1/namespaces/{ns}/pods"
+SERVICE_PATH = "/api/v1/namespaces/{ns}/services"
+NODE_PATH = "/api/v1/nodes"
+SERVICE_CIDR_PATH = "/apis/networking.k8s.io/v1/servicecidrs"
+# What the operator finds in a cluster where nothing can be discovered (no Node, ServiceCIDR or Service).
+EMPTY_CLUSTER = ClusterFacts(
+    dns=ServiceLookup("kube-system", "kube-dns", found=False),
+    kubernetes=ServiceLookup("default", "kubernetes", found=False),
+)
 WAIT = 10.0  # seconds: generous for a loaded 2-core box; every wait is a bounded poll
 
 
@@ -148,7 +164,10 @@ async def cluster(
         yield Cluster(kmock)
 
 
-def declare_resources(kmock: kmock.KubernetesEmulator, monkeypatch: pytest.MonkeyPatch) -> None:
+def declare_resources(
+    kmock: kmock.KubernetesEmulator, monkeypatch: pytest.MonkeyPatch, *, service_cidrs: bool = True
+) -> None:
+    """The kinds this API server serves; ``service_cidrs=False``: one older than Kubernetes 1.33."""
     monkeypatch.setattr(kmock_parsing, "parse_path", _parse_path_with_namespaces(kmock_parsing.parse_path))
     info = {"verbs": {"list", "watch", "get", "create", "patch", "delete"}}
     kmock.resources[GW] = kmock.ResourceInfo(
@@ -161,11 +180,21 @@ def declare_resources(kmock: kmock.KubernetesEmulator, monkeypatch: pytest.Monke
     kmock.resources["v1/pods"] = kmock.ResourceInfo(kind="Pod", namespaced=True, **info)
     kmock.resources["v1/namespaces"] = kmock.ResourceInfo(kind="Namespace", namespaced=False, **info)
     kmock.resources["v1/events"] = kmock.ResourceInfo(kind="Event", namespaced=True, **info)
+    kmock.resources["v1/nodes"] = kmock.ResourceInfo(kind="Node", namespaced=False, **info)
+    kmock.resources["v1/services"] = kmock.ResourceInfo(kind="Service", namespaced=True, **info)
+    if service_cidrs:
+        kmock.resources["networking.k8s.io/v1/servicecidrs"] = kmock.ResourceInfo(
+            kind="ServiceCIDR", namespaced=False, **info
+        )
 
 
 @contextlib.asynccontextmanager
 async def running_operator(
-    server: str, *, namespaces: Sequence[str] = (), liveness: str | None = None
+    server: str,
+    *,
+    namespaces: Sequence[str] = (),
+    liveness: str | None = None,
+    discovery: DiscoveryConfig | None = None,
 ) -> AsyncIterator[None]:
     """``main.operate`` in its own thread and event loop, like a separate process talking HTTP to the
     API server: kopf cancels every task it did not see at start-up when it stops, which would include
@@ -187,6 +216,7 @@ async def running_operator(
                     stop_flag=stop,
                     ready_flag=ready,
                     settings=settings,
+                    discovery=discovery,
                 )
             )
         except BaseException as exc:  # reported below
@@ -217,10 +247,11 @@ async def apply_examples(c: Cluster, ns: str = "demo") -> dict[tuple[str, str], 
     return docs
 
 
-def expected_config(docs: dict[tuple[str, str], dict[str, Any]]) -> str:
+def expected_config(docs: dict[tuple[str, str], dict[str, Any]], facts: ClusterFacts = EMPTY_CLUSTER) -> str:
     secrets = {name: decode_secret(doc) for (kind, name), doc in docs.items() if kind == "Secret"}
     gateway, chain = parse_gateway(docs["TunGateway", "egress"]), parse_chain(docs["Chain", "egress"])
-    return render_config(gateway, chain, secrets).config_yaml
+    excluded = cluster_exclusions(gateway, facts).cidrs
+    return render_config(gateway, chain, secrets, excluded=excluded).config_yaml
 
 
 async def test_create_renders_secret_and_patches_status(cluster: Cluster) -> None:
@@ -563,3 +594,275 @@ async def test_secrets_labelled_by_other_tools_are_followed(cluster: Cluster) ->
     rotate = {"stringData": {"password": "helm-rotated"}}
     await c.call("patch", f"{SECRET_PATH.format(ns='demo')}/relay-auth", rotate)
     await wait_for("re-rendered", lambda: "password: helm-rotated" in c.config("demo", "egress"))
+
+
+# --- cluster exclusions (issue 8) ----------------------------------------------------------------------
+
+
+def node(name: str, *pod_cidrs: str) -> dict[str, Any]:
+    spec = {"podCIDRs": list(pod_cidrs)} if pod_cidrs else {}
+    return {"metadata": {"name": name, "uid": f"uid-node-{name}", "resourceVersion": "1"}, "spec": spec}
+
+
+def service(ns: str, name: str, *ips: str) -> dict[str, Any]:
+    meta = {"name": name, "namespace": ns, "uid": f"uid-service-{ns}-{name}", "resourceVersion": "1"}
+    return {"metadata": meta, "spec": {"clusterIP": ips[0], "clusterIPs": list(ips)}}
+
+
+def service_cidr(name: str, *cidrs: str) -> dict[str, Any]:
+    meta = {"name": name, "uid": f"uid-servicecidr-{name}", "resourceVersion": "1"}
+    return {"metadata": meta, "spec": {"cidrs": list(cidrs)}}
+
+
+def excluded(config: str | None) -> list[str]:
+    """The rendered listener's ``exclude`` (what the sidecar keeps off the TUN)."""
+    assert config is not None
+    metadata = yaml.safe_load(config)["services"][0]["listener"]["metadata"]
+    return str(metadata.get("exclude", "")).split(",")
+
+
+def condition(c: Cluster, kind: str, ns: str = "demo", name: str = "egress") -> dict[str, Any] | None:
+    body = c.obj(GW, ns, name) or {}
+    found = [cond for cond in body.get("status", {}).get("conditions", []) if cond["type"] == kind]
+    return dict(found[0]) if found else None
+
+
+def exclusions(c: Cluster, ns: str = "demo", name: str = "egress") -> list[dict[str, str]]:
+    return list((c.obj(GW, ns, name) or {}).get("status", {}).get("exclusions", []))
+
+
+async def add_cluster(c: Cluster, *, service_cidrs: bool = True, dual_stack: bool = True) -> None:
+    """A cluster (dual-stack or IPv4): its ServiceCIDR (when served), a Node, the DNS and kubernetes
+    Services."""
+
+    def v6(text: str) -> tuple[str, ...]:
+        return (text,) if dual_stack else ()
+
+    if service_cidrs:
+        cidrs = ("10.96.0.0/12", *v6("fd00:10:96::/112"))
+        await c.call("post", SERVICE_CIDR_PATH, service_cidr("kubernetes", *cidrs))
+    await c.call("post", NODE_PATH, node("worker-1", "10.244.1.0/24", *v6("fd00:10:244:1::/64")))
+    await c.apply(SERVICE_PATH, service("kube-system", "kube-dns", "10.96.0.10", *v6("fd00:10:96::a")))
+    await c.apply(SERVICE_PATH, service("default", "kubernetes", "10.96.0.1", *v6("fd00:10:96::1")))
+
+
+async def test_discovered_ranges_are_excluded_and_listed_with_their_sources(
+    kmock: kmock.KubernetesEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    declare_resources(kmock, monkeypatch)
+    c = Cluster(kmock)
+    await add_cluster(c)
+    async with running_operator(str(kmock.url)):
+        docs = await apply_examples(c)
+        await wait_for("status.exclusions", lambda: exclusions(c))
+        assert exclusions(c) == [
+            {"cidr": "10.96.0.0/12", "source": "ServiceCIDR/kubernetes"},
+            {"cidr": "10.96.0.10/32", "source": "Service kube-system/kube-dns"},
+            {"cidr": "10.244.1.0/24", "source": "Node/worker-1 podCIDRs"},
+            {"cidr": "169.254.0.0/16", "source": "link-local"},
+            {"cidr": "172.31.0.0/16", "source": "spec.excludedCIDRs"},
+            {"cidr": "fd00:10:96::/112", "source": "ServiceCIDR/kubernetes"},
+            {"cidr": "fd00:10:96::a/128", "source": "Service kube-system/kube-dns"},
+            {"cidr": "fd00:10:244:1::/64", "source": "Node/worker-1 podCIDRs"},
+            {"cidr": "fe80::/10", "source": "link-local"},
+        ]
+        # The kubernetes Service's ClusterIP lies in the ServiceCIDR: no entry of its own.
+        config = c.config("demo", "egress")
+        assert excluded(config) == [e["cidr"] for e in exclusions(c)]
+        facts = ClusterFacts(
+            service_cidrs=(("kubernetes", ("10.96.0.0/12", "fd00:10:96::/112")),),
+            nodes=(("worker-1", ("10.244.1.0/24", "fd00:10:244:1::/64")),),
+            dns=ServiceLookup("kube-system", "kube-dns", ("10.96.0.10", "fd00:10:96::a")),
+            kubernetes=ServiceLookup("default", "kubernetes", ("10.96.0.1", "fd00:10:96::1")),
+        )
+        assert config == expected_config(docs, facts)  # the facts the controller fed the pure function
+        cond = await wait_for("ClusterExclusions", lambda: condition(c, "ClusterExclusions"))
+        assert (cond["status"], cond["reason"]) == ("True", "Discovered")
+        assert cond["observedGeneration"] == 1 and "9 CIDR(s)" in cond["message"]
+        assert c.ready(GW, "demo", "egress")["status"] == "True"
+
+    # A restarted operator has every index filled before the gateway resumes: the same config, no
+    # rewrite (a rewrite would make every sidecar reload).
+    secret = c.obj("v1/secrets", "demo", "tungo-egress")
+    start = len(list(kmock))
+    async with running_operator(str(kmock.url)):
+        await wait_for(
+            "the resumed gateway's status (written after its config Secret was checked)",
+            lambda: any(
+                r.method == "PATCH" and r.url.path.endswith("/tungateways/egress/status")
+                for r in list(kmock)[start:]
+            ),
+        )
+    assert not [r for r in list(kmock)[start:] if r.method in ("POST", "PATCH") and "/secrets" in r.url.path]
+    assert c.obj("v1/secrets", "demo", "tungo-egress") == secret
+
+
+async def test_new_nodes_and_changed_services_rerender_the_config(
+    kmock: kmock.KubernetesEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    declare_resources(kmock, monkeypatch)
+    c = Cluster(kmock)
+    await c.call("post", SERVICE_CIDR_PATH, service_cidr("kubernetes", "10.96.0.0/12"))
+    await c.apply(SERVICE_PATH, service("kube-system", "kube-dns", "10.96.0.10"))
+    async with running_operator(str(kmock.url)):
+        await apply_examples(c)
+        cond = await wait_for("no pod CIDRs yet", lambda: condition(c, "ClusterExclusions"))
+        assert (cond["status"], cond["reason"]) == ("False", "Incomplete")
+        assert "pod CIDRs unknown: no Node has spec.podCIDRs" in cond["message"]
+        await wait_for(
+            "a Warning event for the missing pod CIDRs",
+            lambda: any(e["reason"] == "ClusterExclusionsIncomplete" for e in c.events("demo")),
+        )
+        first = c.obj(GW, "demo", "egress")["status"]["configHash"]
+        assert "10.244.2.0/24" not in excluded(c.config("demo", "egress"))
+
+        # A node joins: its pod CIDR reaches the config Secret, a new hash, the condition turns True.
+        await c.call("post", NODE_PATH, node("worker-2", "10.244.2.0/24"))
+        await wait_for(
+            "the new node's pod CIDR", lambda: "10.244.2.0/24" in excluded(c.config("demo", "egress"))
+        )
+        assert {"cidr": "10.244.2.0/24", "source": "Node/worker-2 podCIDRs"} in await wait_for(
+            "status lists the node", lambda: [e for e in exclusions(c) if e["cidr"] == "10.244.2.0/24"]
+        )
+        second = await wait_for(
+            "configHash moved",
+            lambda: (h := c.obj(GW, "demo", "egress")["status"]["configHash"]) != first and h,
+        )
+        secret = c.obj("v1/secrets", "demo", "tungo-egress")
+        assert secret is not None and secret["metadata"]["annotations"]["tungo.dev/config-hash"] == second
+        await wait_for("complete", lambda: condition(c, "ClusterExclusions")["status"] == "True")
+
+        # The DNS Service is re-created with another ClusterIP.
+        await c.call("delete", f"{SERVICE_PATH.format(ns='kube-system')}/kube-dns")
+        await c.apply(SERVICE_PATH, service("kube-system", "kube-dns", "10.96.0.53"))
+        await wait_for(
+            "the new DNS address only",
+            lambda: (
+                "10.96.0.53/32" in (e := excluded(c.config("demo", "egress"))) and "10.96.0.10/32" not in e
+            ),
+        )
+
+        # A second ServiceCIDR (the service range extended), then the node leaves.
+        await c.call("post", SERVICE_CIDR_PATH, service_cidr("extra", "10.100.0.0/16"))
+        await wait_for(
+            "the new service range",
+            lambda: {"cidr": "10.100.0.0/16", "source": "ServiceCIDR/extra"} in exclusions(c),
+        )
+        await c.call("delete", f"{NODE_PATH}/worker-2")
+        await wait_for(
+            "the node's range gone", lambda: "10.244.2.0/24" not in excluded(c.config("demo", "egress"))
+        )
+        await wait_for(
+            "status and Secret agree",
+            lambda: excluded(c.config("demo", "egress")) == [e["cidr"] for e in exclusions(c)],
+        )
+
+
+@pytest.mark.parametrize(
+    ("configured", "complete"),
+    [("10.96.0.0/12", True), ("10.0.0.0/16", False)],
+    ids=["range-holds-the-kubernetes-ip", "range-misses-the-kubernetes-ip"],
+)
+async def test_without_servicecidr_objects_the_configured_range_is_used(
+    kmock: kmock.KubernetesEmulator, monkeypatch: pytest.MonkeyPatch, configured: str, complete: bool
+) -> None:
+    declare_resources(kmock, monkeypatch, service_cidrs=False)  # an API server before Kubernetes 1.33
+    c = Cluster(kmock)
+    async with kmock.request("get", SERVICE_CIDR_PATH) as resp:
+        assert resp.status == 404
+    await add_cluster(c, service_cidrs=False, dual_stack=False)
+    async with running_operator(str(kmock.url), discovery=DiscoveryConfig(service_cidrs=(configured,))):
+        await apply_examples(c)
+        cond = await wait_for("ClusterExclusions", lambda: condition(c, "ClusterExclusions"))
+        found = exclusions(c)
+        assert {"cidr": configured, "source": "operator --service-cidr"} in found
+        assert not [e for e in found if e["source"].startswith("ServiceCIDR/")]
+        kubernetes_ip = {"cidr": "10.96.0.1/32", "source": "Service default/kubernetes"}
+        if complete:
+            assert (cond["status"], cond["reason"]) == ("True", "Discovered")
+            assert kubernetes_ip not in found
+        else:
+            # One ClusterIP does not give the range: it is only checked, excluded alone, and reported.
+            assert (cond["status"], cond["reason"]) == ("False", "Incomplete")
+            assert (
+                "the kubernetes Service's ClusterIP 10.96.0.1 is outside the service CIDRs (10.0.0.0/16)"
+                in cond["message"]
+            )
+            assert kubernetes_ip in found
+            await wait_for(
+                "a Warning event",
+                lambda: any(
+                    e["type"] == "Warning" and "10.96.0.1 is outside" in e["message"]
+                    for e in c.events("demo")
+                ),
+            )
+        assert excluded(c.config("demo", "egress")) == [e["cidr"] for e in found]
+
+
+async def test_cluster_exclusions_false_renders_only_the_users_list(cluster: Cluster) -> None:
+    c = cluster
+    docs = await apply_examples(c)  # "egress": cluster exclusions on (the default)
+    opted_out = copy.deepcopy(docs["TunGateway", "egress"])
+    opted_out["metadata"].update(name="own-only", uid="uid-tungateway-demo-own-only")
+    opted_out["spec"]["clusterExclusions"] = False
+    await c.apply(GW_PATH, opted_out)
+    cond = await wait_for("Disabled", lambda: condition(c, "ClusterExclusions", name="own-only"))
+    assert (cond["status"], cond["reason"]) == ("False", "Disabled")
+    assert excluded(c.config("demo", "own-only")) == ["172.31.0.0/16"]
+    assert exclusions(c, name="own-only") == [{"cidr": "172.31.0.0/16", "source": "spec.excludedCIDRs"}]
+    own_only = c.obj("v1/secrets", "demo", "tungo-own-only")
+
+    # A node joins: the other gateway takes its pod CIDR, this one is left alone.
+    await c.call("post", NODE_PATH, node("worker-1", "10.244.1.0/24"))
+    await wait_for("egress re-rendered", lambda: "10.244.1.0/24" in excluded(c.config("demo", "egress")))
+    await asyncio.sleep(0.5)
+    assert c.obj("v1/secrets", "demo", "tungo-own-only") == own_only
+
+    # Turned on: the discovered ranges join the user's.
+    await c.call("patch", f"{GW_PATH.format(ns='demo')}/own-only", {"spec": {"clusterExclusions": True}})
+    await wait_for("discovered", lambda: "10.244.1.0/24" in excluded(c.config("demo", "own-only")))
+    assert {"169.254.0.0/16", "fe80::/10", "172.31.0.0/16"} <= set(excluded(c.config("demo", "own-only")))
+
+
+async def test_namespaced_operator_reads_the_dns_service_by_name(
+    kmock: kmock.KubernetesEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    declare_resources(kmock, monkeypatch)
+    c = Cluster(kmock)
+    await add_cluster(c)
+    async with running_operator(str(kmock.url), namespaces=["demo"]):
+        await apply_examples(c)
+        await wait_for("status.exclusions", lambda: exclusions(c))
+        found = exclusions(c)
+        # Nodes and ServiceCIDRs are cluster-scoped (watched with -n too); the DNS Service is read by name.
+        assert {"cidr": "10.96.0.10/32", "source": "Service kube-system/kube-dns"} in found
+        assert {"cidr": "10.244.1.0/24", "source": "Node/worker-1 podCIDRs"} in found
+        assert {"cidr": "10.96.0.0/12", "source": "ServiceCIDR/kubernetes"} in found
+        assert condition(c, "ClusterExclusions")["status"] == "True"
+    paths = [(r.method, r.url.path) for r in list(kmock)]
+    assert ("GET", "/api/v1/namespaces/kube-system/services/kube-dns") in paths
+    assert ("GET", "/api/v1/namespaces/default/services/kubernetes") in paths
+    # No Service list or watch anywhere (RBAC grants get on those two names only).
+    assert not [p for m, p in paths if m == "GET" and p.endswith("/services")]
+
+
+async def test_discovery_off_excludes_only_configured_ranges_and_link_local(
+    kmock: kmock.KubernetesEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    declare_resources(kmock, monkeypatch)
+    c = Cluster(kmock)
+    await add_cluster(c)
+    discovery = DiscoveryConfig(enabled=False, pod_cidrs=("10.244.0.0/16",))
+    async with running_operator(str(kmock.url), discovery=discovery):
+        await apply_examples(c)
+        cond = await wait_for("ClusterExclusions", lambda: condition(c, "ClusterExclusions"))
+        assert (cond["status"], cond["reason"]) == ("False", "Incomplete")
+        assert "cluster discovery is off (tungo-operator --no-cluster-discovery)" in cond["message"]
+        assert exclusions(c) == [
+            {"cidr": "10.244.0.0/16", "source": "operator --pod-cidr"},
+            {"cidr": "169.254.0.0/16", "source": "link-local"},
+            {"cidr": "172.31.0.0/16", "source": "spec.excludedCIDRs"},
+            {"cidr": "fe80::/10", "source": "link-local"},
+        ]
+    touched = {r.url.path for r in list(kmock) if r.method == "GET"}
+    assert not touched & {"/api/v1/nodes", "/api/v1/services", SERVICE_CIDR_PATH}

@@ -110,6 +110,7 @@ def test_crd_defaults_equal_the_model_defaults() -> None:
     assert at(gw, "tun.routes")["default"] == list(gateway_model.DEFAULT_ROUTES)
     assert at(gw, "handler.udpTimeout")["default"] == gateway_model.DEFAULT_UDP_TIMEOUT
     assert at(gw, "excludedCIDRs")["default"] == list(gateway_model.DEFAULT_EXCLUDED_CIDRS)
+    assert at(gw, "clusterExclusions")["default"] is gateway_model.DEFAULT_CLUSTER_EXCLUSIONS is True
     assert at(gw, "tun")["default"] == {} and at(gw, "handler")["default"] == {}
 
     ch = schema_of("chains")["properties"]["spec"]
@@ -136,6 +137,32 @@ def test_cel_rules_are_declared_where_the_model_checks_the_same() -> None:
     assert sniffing["x-kubernetes-validations"][0]["message"] == "sniffing.udp needs sniffing.enabled"
 
 
+def test_status_the_controller_writes_fits_the_status_schema() -> None:
+    from tungo_operator.handlers import reconcile
+    from tungo_operator.model import exclusions
+
+    (doc,) = [d for d in examples() if d["kind"] == "TunGateway"]
+    doc["metadata"]["namespace"] = "demo"
+    facts = exclusions.ClusterFacts(nodes=(("worker-1", ("10.244.1.0/24",)),))
+    found = exclusions.cluster_exclusions(gateway_model.parse_gateway(doc), facts)
+    assert found.problems  # no service range, no DNS: the Incomplete condition, with its message
+    conditions = reconcile.ready_condition(
+        None, ready=True, reason="ConfigRendered", message="m", generation=2
+    )
+    status = {
+        "observedGeneration": 2,
+        "configHash": "0" * 64,
+        "namespaces": ["demo"],
+        "injectedPods": 0,
+        "exclusions": found.as_status(),
+        "conditions": reconcile.exclusions_condition(conditions, found, generation=2),
+    }
+    schema = schema_of("tungateways")["properties"]["status"]
+    jsonschema.validate(status, schema)
+    assert {"cidr", "source"} == set(at(schema, "exclusions.[]")["required"])
+    assert [c["type"] for c in status["conditions"]] == ["Ready", "ClusterExclusions"]
+
+
 def test_examples_validate_against_the_crds_and_parse() -> None:
     docs = examples()
     kinds = [doc["kind"] for doc in docs]
@@ -160,6 +187,7 @@ def test_examples_validate_against_the_crds_and_parse() -> None:
         ("chains", lambda d: d["spec"]["hops"][0]["nodes"][0].update(addr="no-port"), "addr"),
         ("tungateways", lambda d: d["spec"]["tun"].update(mtu="1420"), "mtu"),
         ("tungateways", lambda d: d["spec"].update(excludedCIDRs=["10.0.0.0"]), "excludedCIDRs"),
+        ("tungateways", lambda d: d["spec"].update(clusterExclusions="yes"), "clusterExclusions"),
     ],
 )
 def test_crd_schema_rejects_bad_examples(plural: str, mutate: Any, field: str) -> None:

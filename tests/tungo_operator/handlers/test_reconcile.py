@@ -1,8 +1,10 @@
-"""The pure parts of the reconcile steps: the Ready condition's bookkeeping and the Secret merge patch."""
+"""The pure parts of the reconcile steps: the Ready and ClusterExclusions conditions' bookkeeping and the
+Secret merge patch."""
 
 from __future__ import annotations
 
-from tungo_operator.handlers.reconcile import _patch_for, ready_condition
+from tungo_operator.handlers.reconcile import _patch_for, exclusions_condition, ready_condition
+from tungo_operator.model.exclusions import Exclusion, Exclusions
 
 
 def test_ready_condition_keeps_transition_time_until_the_status_flips() -> None:
@@ -34,3 +36,32 @@ def test_secret_patch_removes_keys_no_longer_rendered() -> None:
         "metadata": {"labels": {"a": "b"}},
         "data": {"ca-hop-old.pem": None, "config.yaml": "bmV3"},
     }
+
+
+def test_exclusions_condition_says_discovered_incomplete_or_disabled() -> None:
+    complete = Exclusions(entries=(Exclusion("10.96.0.0/12", "ServiceCIDR/kubernetes"),))
+    ready = ready_condition(None, ready=True, reason="ConfigRendered", message="ok", generation=2)
+    conds = exclusions_condition(ready, complete, generation=2)
+    assert [c["type"] for c in conds] == ["Ready", "ClusterExclusions"]  # Ready left as it was
+    cond = conds[1]
+    assert (cond["status"], cond["reason"], cond["observedGeneration"]) == ("True", "Discovered", 2)
+    assert cond["message"] == "1 CIDR(s) kept off the tunnel (status.exclusions)"
+
+    incomplete = Exclusions(problems=("pod CIDRs unknown: ...", "DNS Service kube-system/kube-dns not found"))
+    (cond,) = exclusions_condition(None, incomplete, generation=None)
+    assert (cond["status"], cond["reason"]) == ("False", "Incomplete") and "observedGeneration" not in cond
+    assert cond["message"] == "pod CIDRs unknown: ...; DNS Service kube-system/kube-dns not found"
+
+    (cond,) = exclusions_condition(None, Exclusions(cluster=False, problems=("ignored",)), generation=1)
+    assert (cond["status"], cond["reason"]) == ("False", "Disabled")
+    assert (
+        cond["message"] == "spec.clusterExclusions is false: only spec.excludedCIDRs are kept off the tunnel"
+    )
+
+
+def test_exclusions_condition_keeps_its_transition_time_while_incomplete() -> None:
+    old = [{"type": "ClusterExclusions", "status": "False", "lastTransitionTime": "2020-01-01T00:00:00Z"}]
+    (cond,) = exclusions_condition(old, Exclusions(problems=("other problem",)), generation=3)
+    assert cond["lastTransitionTime"] == "2020-01-01T00:00:00Z" and cond["message"] == "other problem"
+    (cond,) = exclusions_condition(old, Exclusions(), generation=3)
+    assert cond["status"] == "True" and cond["lastTransitionTime"] != "2020-01-01T00:00:00Z"

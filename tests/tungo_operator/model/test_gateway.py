@@ -37,7 +37,8 @@ def test_minimal_gateway_gets_gost_defaults() -> None:
     assert gw.tun == Tun(name="tungo", net="192.168.123.1/24", mtu=1420, routes=("0.0.0.0/0",))
     assert gw.handler.udp_timeout == "30s"
     assert gw.handler.sniffing == Sniffing()
-    assert gw.excluded_cidrs == DEFAULT_EXCLUDED_CIDRS
+    assert gw.excluded_cidrs == DEFAULT_EXCLUDED_CIDRS == ()  # the cluster's ranges are discovered
+    assert gw.cluster_exclusions is True
     assert gw.bypass is None and gw.interface is None and gw.namespace_selector is None
     assert gw.pod_selector.matches({"anything": "x"})
 
@@ -62,6 +63,7 @@ def test_full_gateway() -> None:
             interface="eth0",
             bypass={"matchers": ["10.1.0.0/16"]},
             excludedCIDRs=["10.0.0.0/8"],
+            clusterExclusions=False,
             podSelector={"matchLabels": {"app": "web"}},
             namespaceSelector={"matchExpressions": [{"key": "team", "operator": "In", "values": ["a", "b"]}]},
         )
@@ -69,7 +71,7 @@ def test_full_gateway() -> None:
     assert gw.tun.net == "fd00::1/64" and gw.tun.mtu == 9000 and gw.tun.routes == ("0.0.0.0/0", "::/0")
     assert gw.tun.dns == ("1.1.1.1", "2606:4700:4700::1111")
     assert gw.handler.sniffing == Sniffing(True, True, "2s", True)
-    assert gw.excluded_cidrs == ("10.0.0.0/8",)
+    assert gw.excluded_cidrs == ("10.0.0.0/8",) and gw.cluster_exclusions is False
     assert gw.namespace_selector == LabelSelector((), (Requirement("team", "In", ("a", "b")),))
 
 
@@ -97,6 +99,7 @@ def test_full_gateway() -> None:
         ({"excludedCIDRs": ["10.96.0.0"]}, "spec.excludedCIDRs[0]: '10.96.0.0' is not a CIDR"),
         ({"excludedCIDRs": ["banana/8"]}, "spec.excludedCIDRs[0]: 'banana/8' is not a CIDR"),
         ({"excludedCIDRs": "10.0.0.0/8"}, "spec.excludedCIDRs: expected a list of strings, got string"),
+        ({"clusterExclusions": "no"}, "spec.clusterExclusions: expected true or false, got string 'no'"),
         ({"handler": {"udpTimeout": 30}}, "spec.handler.udpTimeout: expected a string, got integer 30"),
         ({"handler": {"udpTimeout": "30 seconds"}}, "is not a duration like 30s"),
         (

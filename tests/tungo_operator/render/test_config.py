@@ -15,6 +15,7 @@ import yaml
 from tungo_operator.model import conventions
 from tungo_operator.model.chain import parse_chain
 from tungo_operator.model.errors import InvalidSecretError, MissingReferenceError, SpecError
+from tungo_operator.model.exclusions import ClusterFacts, ServiceLookup, cluster_exclusions
 from tungo_operator.model.gateway import parse_gateway
 from tungo_operator.render.config import config_secret, decode_secret, render_config
 
@@ -78,7 +79,7 @@ def test_rendered_config_has_gost_shape() -> None:
         "mtu": 1420,
         "dns": "1.1.1.1",
         "route": "0.0.0.0/0",
-        "exclude": "10.244.0.0/16,10.96.0.0/12,169.254.20.10/32",
+        "exclude": "172.31.0.0/16",  # rendered alone (no cluster facts): the gateway's own list
     }
     # The gateway's bypass means "direct": GOST's first-hop bypass (a service bypass would refuse).
     assert "bypass" not in service and "bypasses" not in service
@@ -183,6 +184,26 @@ def test_hash_follows_every_input() -> None:
     doc = example_docs()["TunGateway", "egress"]
     doc["spec"]["tun"]["mtu"] = 9000
     assert render_config(parse_gateway(doc), chain, secrets).config_hash != base
+
+
+def test_exclusions_decided_by_the_model_go_to_the_listener_and_the_hash() -> None:
+    gateway, chain, secrets = example_inputs()
+    facts = ClusterFacts(
+        service_cidrs=(("kubernetes", ("10.96.0.0/12",)),),
+        nodes=(("worker-1", ("10.244.1.0/24",)),),
+        dns=ServiceLookup("kube-system", "kube-dns", ("10.96.0.10",)),
+    )
+    decided = cluster_exclusions(gateway, facts)
+    rendered = render_config(gateway, chain, secrets, excluded=decided.cidrs)
+    listener = yaml.safe_load(rendered.config_yaml)["services"][0]["listener"]["metadata"]
+    assert listener["exclude"] == (
+        "10.96.0.0/12,10.96.0.10/32,10.244.1.0/24,169.254.0.0/16,172.31.0.0/16,fe80::/10"
+    )
+    base = render_config(gateway, chain, secrets).config_hash
+    assert rendered.config_hash != base  # a new node's range reaches the sidecars as a new config
+    # Nothing to exclude at all: no exclude key (the sidecar's default, nothing carved out).
+    none = yaml.safe_load(render_config(gateway, chain, secrets, excluded=()).config_yaml)
+    assert "exclude" not in none["services"][0]["listener"]["metadata"]
 
 
 def test_credentials_never_leave_the_rendered_secret() -> None:

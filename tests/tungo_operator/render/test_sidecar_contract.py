@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from tungo_operator.model.chain import parse_chain
+from tungo_operator.model.exclusions import ClusterFacts, ServiceLookup, cluster_exclusions
 from tungo_operator.model.gateway import parse_gateway
 from tungo_operator.render.config import decode_secret, render_config
 from tungo_sidecar.app.bypasses import compile_all, policy_for
@@ -19,6 +20,7 @@ from tungo_sidecar.config import yaml_io
 from tungo_sidecar.config.tun import TunSettings
 from tungo_sidecar.config.validate import insecure_tls_nodes
 from tungo_sidecar.proto.address import Address, Network
+from tungo_sidecar.routing.plan import make_plan
 
 ROOT = Path(__file__).resolve().parents[3]
 CA = next(
@@ -183,3 +185,21 @@ def test_golden_configs_load_in_the_sidecar(golden: str) -> None:
     settings = TunSettings.from_service(service)
     assert settings.mtu == 1420 and settings.udp_timeout == 30.0  # GOST's defaults reach the sidecar
     assert service.chain is not None and config.chain(service.chain) is not None
+
+
+def test_discovered_exclusions_reach_the_sidecars_routing_plan() -> None:
+    gateway = parse_gateway(FULL_GATEWAY)
+    facts = ClusterFacts(
+        service_cidrs=(("kubernetes", ("10.96.0.0/12", "fd00:10:96::/112")),),
+        nodes=(("worker-1", ("10.244.1.0/24", "fd00:10:244:1::/64")),),
+        dns=ServiceLookup("kube-system", "kube-dns", ("10.96.0.10", "fd00:10:96::a")),
+    )
+    decided = cluster_exclusions(gateway, facts)
+    rendered = render_config(gateway, parse_chain(FULL_CHAIN), SECRETS, excluded=decided.cidrs)
+    (service,) = yaml_io.load(rendered.config_yaml).services
+    tun = TunSettings.from_service(service)
+    assert tuple(str(n) for n in tun.excluded) == decided.cidrs
+    assert {"fe80::/10", "fd00:10:96::a/128", "10.96.0.10/32", "169.254.0.0/16"} <= set(decided.cidrs)
+    # Both families are captured (routes 0.0.0.0/0 and 2001:db8::/32): every entry becomes a throw route.
+    throws = {str(op.dst) for op in make_plan(tun).operations if getattr(op, "type", None) == "throw"}
+    assert throws == set(decided.cidrs)

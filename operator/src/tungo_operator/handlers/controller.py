@@ -9,6 +9,17 @@
 * Secret events (except the ones we write) → a re-render of the gateways whose Chain names the Secret.
 * Pod events in a served namespace → ``status.injectedPods`` (pods with ``tungo.dev/status: injected``).
 * Namespace events (cluster-wide mode only) → a re-render of gateways with a ``namespaceSelector``.
+* Node, ServiceCIDR and cluster Service (DNS, ``kubernetes``) events → a re-render of the gateways with
+  ``spec.clusterExclusions`` whose cluster facts changed (``status.exclusions`` says what and why).
+
+Cluster exclusions (``model.exclusions``): kopf indices hold every Node's ``spec.podCIDRs`` and every
+ServiceCIDR's ``spec.cidrs`` (cluster-scoped, so kopf watches them cluster-wide in both modes) and, in
+cluster-wide mode, the ClusterIPs of the DNS Service and of ``default/kubernetes`` (a Service watch
+filtered to those two). A namespaced operator (``-n``) does not watch Services outside its namespaces:
+it reads those two with a GET at each reconcile instead, so a DNS Service re-created with a new IP is
+noticed at the gateway's next reconcile, not at once. ``DiscoveryConfig(enabled=False)``
+(``--no-cluster-discovery``) registers none of these watches: only link-local and the configured
+ranges are excluded, and the ``ClusterExclusions`` condition says so.
 
 Lookups between resources use kopf indices (gateways by chain, chains by secret, injected pods by
 gateway, namespace labels), so no handler lists the cluster. User errors (``OperatorError``) become
@@ -30,8 +41,9 @@ from typing import Any, cast
 import kopf
 
 from tungo_operator.handlers import reconcile
-from tungo_operator.handlers.kube import ApiError, Connection, KubeApi, custom_path
+from tungo_operator.handlers.kube import ApiError, Connection, KubeApi, custom_path, service_path
 from tungo_operator.model import conventions
+from tungo_operator.model import exclusions as excl
 from tungo_operator.model.chain import parse_chain
 from tungo_operator.model.errors import MissingReferenceError, OperatorError
 from tungo_operator.model.gateway import Gateway
@@ -39,6 +51,9 @@ from tungo_operator.model.gateway import Gateway
 LoginFn = Callable[..., Any]
 GATEWAYS = (conventions.GROUP, conventions.VERSION, conventions.PLURAL_GATEWAY)
 CHAINS = (conventions.GROUP, conventions.VERSION, conventions.PLURAL_CHAIN)
+NODES = ("", "v1", "nodes")
+SERVICE_CIDRS = ("networking.k8s.io", "v1", "servicecidrs")  # GA in Kubernetes 1.33
+SERVICES = ("", "v1", "services")
 API_RETRY_DELAY = 10.0  # seconds before kopf retries a handler after an API failure
 
 log = logging.getLogger(__name__)
@@ -113,14 +128,33 @@ def _values(index: Any, key: object) -> list[Any]:
     return list(index[key]) if index is not None and key in index else []
 
 
+def _pairs(index: Any) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """An index of name → CIDRs as sorted pairs (objects without any left out): comparable facts."""
+    if index is None:
+        return ()
+    return tuple(sorted((str(key), tuple(value)) for key in index for value in index[key] if value))
+
+
+def _lookup(index: Any, namespace: str, name: str) -> excl.ServiceLookup:
+    found = _values(index, (namespace, name))
+    ips = tuple(found[0]) if found else ()
+    return excl.ServiceLookup(namespace, name, ips, found=bool(found))
+
+
 class Controller:
     """Handler state shared across resources: the API client, per-gateway locks, what each gateway serves."""
 
     def __init__(
-        self, *, api: KubeApi | None = None, login: LoginFn = default_login, clusterwide: bool = False
+        self,
+        *,
+        api: KubeApi | None = None,
+        login: LoginFn = default_login,
+        clusterwide: bool = False,
+        discovery: excl.DiscoveryConfig | None = None,
     ) -> None:
         self.api = api or KubeApi()
         self.clusterwide = clusterwide
+        self.discovery = discovery or excl.DiscoveryConfig()
         self._login = login
         self._locks: dict[tuple[str, str], asyncio.Lock] = collections.defaultdict(asyncio.Lock)
         self._served: dict[tuple[str, str], tuple[str, ...]] = {}  # gateway → namespaces with its Secret
@@ -128,6 +162,60 @@ class Controller:
         self._pod_counts: dict[tuple[str, str], int] = {}
         self._secret_digests: dict[tuple[str, str], str] = {}
         self._chain_users: dict[tuple[str, str], int] = {}  # last status.gateways written per Chain
+        self._rendered_facts: dict[tuple[str, str], excl.ClusterFacts] = {}  # gateways with exclusions
+        self._cluster_seen: dict[tuple[str, str], tuple[str, ...]] = {}  # Node/ServiceCIDR/Service → CIDRs
+
+    # --- cluster exclusions ------------------------------------------------------------------------
+
+    async def discover(self, indices: Mapping[str, Any]) -> excl.ClusterFacts:
+        """The cluster facts as of now: from the indices, plus two GETs when Services are not watched."""
+        cfg = self.discovery
+        if not cfg.enabled:
+            return excl.ClusterFacts(config=cfg)
+        services = indices.get("tungo_cluster_services")
+        lookups = []
+        for namespace, name in (cfg.dns_service, excl.KUBERNETES_SERVICE):
+            if self.clusterwide:
+                lookups.append(_lookup(services, namespace, name))
+            else:
+                lookups.append(await self._get_service(namespace, name))
+        dns, kubernetes = lookups
+        return excl.ClusterFacts(
+            config=cfg,
+            service_cidrs=_pairs(indices.get("tungo_service_cidrs")),
+            nodes=_pairs(indices.get("tungo_pod_cidrs")),
+            dns=dns,
+            kubernetes=kubernetes,
+        )
+
+    async def _get_service(self, namespace: str, name: str) -> excl.ServiceLookup:
+        try:
+            body = await self.api.get(service_path(namespace, name))
+        except ApiError as exc:
+            return excl.ServiceLookup(namespace, name, found=False, error=str(exc))
+        if body is None:
+            return excl.ServiceLookup(namespace, name, found=False)
+        return excl.ServiceLookup(namespace, name, excl.service_cluster_ips(body.get("spec") or {}))
+
+    async def cluster_changed(
+        self, what: tuple[str, str], cidrs: tuple[str, ...], type: str | None, indices: Mapping[str, Any]
+    ) -> None:
+        """A Node, ServiceCIDR or cluster Service event: re-render the gateways whose facts it changes."""
+        if type == "DELETED":
+            self._cluster_seen.pop(what, None)
+        else:
+            seen = self._cluster_seen.get(what)
+            self._cluster_seen[what] = cidrs
+            if type is None or seen == cidrs:
+                return  # the initial listing (gateways resume on their own), or nothing we read changed
+        facts = await self.discover(indices)
+        for ns, name in sorted(self._rendered_facts):
+            if self._rendered_facts.get((ns, name)) == facts:
+                continue
+            try:
+                await self.reconcile_by_name(ns, name, indices)
+            except ApiError as exc:  # the next cluster event (or the gateway's own) tries again
+                log.warning("TunGateway %s/%s: not re-rendered after a %s change: %s", ns, name, what[0], exc)
 
     # --- reconciling one gateway -------------------------------------------------------------------
 
@@ -154,9 +242,14 @@ class Controller:
         previous = [str(x) for x in status.get("namespaces") or [] if isinstance(x, str)]
         generation = meta.get("generation")
         async with self._locks[ns, name]:
+            facts = await self.discover(indices)
             try:
                 applied = await reconcile.apply_gateway(
-                    self.api, body, serve=self._serve(indices.get("tungo_namespaces")), previous=previous
+                    self.api,
+                    body,
+                    serve=self._serve(indices.get("tungo_namespaces")),
+                    facts=facts,
+                    previous=previous,
                 )
             except ApiError:
                 raise
@@ -176,6 +269,10 @@ class Controller:
                 }
                 return _without_none(failed), exc
             self._served[ns, name] = applied.namespaces
+            if applied.gateway.cluster_exclusions:
+                self._rendered_facts[ns, name] = facts
+            else:
+                self._rendered_facts.pop((ns, name), None)
             if applied.gateway.namespace_selector is not None:
                 self._selecting.add((ns, name))
             else:
@@ -199,23 +296,44 @@ class Controller:
                     reason="ConfigRendered",
                     message=f"config {applied.config_hash[:12]} {changed}",
                 )
+            conditions = reconcile.ready_condition(
+                status.get("conditions"),
+                ready=True,
+                reason="ConfigRendered",
+                message=message,
+                generation=generation,
+            )
+            conditions = reconcile.exclusions_condition(conditions, applied.exclusions, generation=generation)
+            self._warn_incomplete(body, status.get("conditions"), conditions)
             succeeded = {
                 "observedGeneration": generation,
                 "configHash": applied.config_hash,
                 "namespaces": list(applied.namespaces),
                 "injectedPods": count,
-                "conditions": reconcile.ready_condition(
-                    status.get("conditions"),
-                    ready=True,
-                    reason="ConfigRendered",
-                    message=message,
-                    generation=generation,
-                ),
+                "exclusions": applied.exclusions.as_status(),
+                "conditions": conditions,
             }
             return _without_none(succeeded), None
 
+    @staticmethod
+    def _warn_incomplete(body: Mapping[str, Any], before: object, after: list[dict[str, Any]]) -> None:
+        """A Warning Event when the cluster exclusions become incomplete (or incomplete differently)."""
+
+        def find(conditions: object) -> Mapping[str, Any]:
+            items = conditions if isinstance(conditions, list) else []
+            for cond in items:
+                if isinstance(cond, Mapping) and cond.get("type") == reconcile.EXCLUSIONS_CONDITION:
+                    return cond
+            return {}
+
+        old, new = find(before), find(after)
+        changed = (old.get("reason"), old.get("message")) != (new.get("reason"), new.get("message"))
+        if changed and new.get("reason") == "Incomplete":
+            kopf.warn(_as_body(body), reason="ClusterExclusionsIncomplete", message=str(new.get("message")))
+
     async def reconcile_by_name(self, namespace: str, name: str, indices: Mapping[str, Any]) -> None:
-        """Re-render a gateway because something it depends on changed (a Chain, a Secret, a namespace)."""
+        """Re-render a gateway because something it depends on changed (a Chain, a Secret, a namespace,
+        a cluster range)."""
         body = await self.api.get(custom_path(conventions.PLURAL_GATEWAY, namespace, name))
         if body is None:
             return  # deleted meanwhile
@@ -310,6 +428,9 @@ class Controller:
                 for ns, name in sorted(ctl._selecting):
                     await ctl.reconcile_by_name(ns, name, kwargs)
 
+        if self.discovery.enabled:
+            self._register_discovery(registry)
+
         # --- TunGateway ---
         @kopf.on.resume(*GATEWAYS, id="tungo_gateway", registry=registry)
         @kopf.on.create(*GATEWAYS, id="tungo_gateway", registry=registry)
@@ -337,6 +458,7 @@ class Controller:
             served = {namespace, *ctl._served.pop((namespace, name), ()), *(status.get("namespaces") or [])}
             ctl._selecting.discard((namespace, name))
             ctl._pod_counts.pop((namespace, name), None)
+            ctl._rendered_facts.pop((namespace, name), None)
             try:
                 await reconcile.remove_gateway(ctl.api, Gateway(namespace, name, chain=""), sorted(served))
                 ref = spec.get("chainRef")
@@ -440,3 +562,50 @@ class Controller:
         async def tungo_pod_event(namespace: str | None, **kwargs: Any) -> None:
             for gw_ns, gw_name in [key for key, served in ctl._served.items() if namespace in served]:
                 await ctl.sync_pod_count(gw_ns, gw_name, kwargs.get("tungo_injected_pods"))
+
+    def _register_discovery(self, registry: kopf.OperatorRegistry) -> None:
+        """Indices and events for cluster exclusions (see the module docstring)."""
+        ctl = self
+
+        # Nodes and ServiceCIDRs are cluster-scoped: kopf watches them cluster-wide even with -n. An
+        # API without ServiceCIDRs (before Kubernetes 1.33) is not watched at all: the index stays
+        # empty and model.exclusions falls back to the configured --service-cidr.
+        @kopf.index(*NODES, id="tungo_pod_cidrs", registry=registry)
+        def tungo_pod_cidrs(name: str, spec: Mapping[str, Any], **_: Any) -> dict[str, tuple[str, ...]]:
+            return {name: excl.node_pod_cidrs(spec)}
+
+        @kopf.index(*SERVICE_CIDRS, id="tungo_service_cidrs", registry=registry)
+        def tungo_service_cidrs(name: str, spec: Mapping[str, Any], **_: Any) -> dict[str, tuple[str, ...]]:
+            return {name: excl.service_cidrs(spec)}
+
+        @kopf.on.event(*NODES, id="tungo_node_event", registry=registry)
+        async def tungo_node_event(
+            type: str | None, name: str, spec: Mapping[str, Any], **kwargs: Any
+        ) -> None:
+            await ctl.cluster_changed(("Node", name), excl.node_pod_cidrs(spec), type, kwargs)
+
+        @kopf.on.event(*SERVICE_CIDRS, id="tungo_servicecidr_event", registry=registry)
+        async def tungo_servicecidr_event(
+            type: str | None, name: str, spec: Mapping[str, Any], **kwargs: Any
+        ) -> None:
+            await ctl.cluster_changed(("ServiceCIDR", name), excl.service_cidrs(spec), type, kwargs)
+
+        if not self.clusterwide:
+            return  # Services outside the watched namespaces are read with a GET (discover)
+        wanted = {self.discovery.dns_service, excl.KUBERNETES_SERVICE}
+
+        def cluster_service(namespace: str | None, name: str, **_: Any) -> bool:
+            return (namespace, name) in wanted
+
+        @kopf.index(*SERVICES, id="tungo_cluster_services", when=cluster_service, registry=registry)
+        def tungo_cluster_services(
+            namespace: str | None, name: str, spec: Mapping[str, Any], **_: Any
+        ) -> dict[Any, tuple[str, ...]]:
+            return {(namespace, name): excl.service_cluster_ips(spec)}
+
+        @kopf.on.event(*SERVICES, id="tungo_service_event", when=cluster_service, registry=registry)
+        async def tungo_service_event(
+            type: str | None, namespace: str | None, name: str, spec: Mapping[str, Any], **kwargs: Any
+        ) -> None:
+            ips = excl.service_cluster_ips(spec)
+            await ctl.cluster_changed(("Service", f"{namespace}/{name}"), ips, type, kwargs)

@@ -1,10 +1,11 @@
 """A minimal asyncio Kubernetes API client for the few calls the controller makes itself.
 
 kopf watches and patches the resources it handles, but has no client for other objects; the controller
-also reads Chains and Secrets, writes the config Secrets and patches TunGateway/Chain status from
-handlers of other resources. That is five verbs on JSON paths, so a small aiohttp client (aiohttp is a
-kopf dependency already) is used instead of a second full Kubernetes library. It is configured from the
-same credentials kopf logs in with (``Connection``), so both talk to one API server as one identity.
+also reads Chains and Secrets (and, when it runs namespaced, the DNS and ``kubernetes`` Services),
+writes the config Secrets and patches TunGateway/Chain status from handlers of other resources. That
+is five verbs on JSON paths, so a small aiohttp client (aiohttp is a kopf dependency already) is used
+instead of a second full Kubernetes library. It is configured from the same credentials kopf logs in
+with (``Connection``), so both talk to one API server as one identity.
 
 Called by ``handlers.reconcile`` and ``handlers.controller``; never imports kopf. Every failure is an
 ``ApiError`` carrying the HTTP status and the server's message; a 404 on get/delete is not an error.
@@ -99,6 +100,10 @@ def _temp_file(stack: contextlib.ExitStack, data: str | bytes | None) -> str:
 def secret_path(namespace: str, name: str | None = None) -> str:
     base = f"/api/v1/namespaces/{namespace}/secrets"
     return base if name is None else f"{base}/{name}"
+
+
+def service_path(namespace: str, name: str) -> str:
+    return f"/api/v1/namespaces/{namespace}/services/{name}"
 
 
 def custom_path(plural: str, namespace: str, name: str, *, status: bool = False) -> str:

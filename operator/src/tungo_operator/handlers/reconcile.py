@@ -3,7 +3,9 @@
 ``apply_gateway`` resolves everything first and writes only when every namespace can be written
 (a conflict anywhere writes nothing: no half-applied gateway), then removes the Secrets of namespaces
 the gateway no longer serves. ``remove_gateway`` deletes them all. ``ready_condition`` builds the
-``Ready`` condition. Called by ``handlers.controller``; does its I/O through ``kube.KubeApi`` only and
+``Ready`` condition, ``exclusions_condition`` the ``ClusterExclusions`` one (what could not be
+discovered). The cluster facts come from the caller: which CIDRs to exclude is ``model.exclusions``'s
+decision. Called by ``handlers.controller``; does its I/O through ``kube.KubeApi`` only and
 never imports kopf, so the kopf layer stays a thin adapter.
 """
 
@@ -18,6 +20,7 @@ from tungo_operator.handlers.kube import KubeApi, custom_path, secret_path
 from tungo_operator.model import conventions
 from tungo_operator.model.chain import Chain, parse_chain
 from tungo_operator.model.errors import MissingReferenceError, SecretConflictError, SpecError
+from tungo_operator.model.exclusions import ClusterFacts, Exclusions, cluster_exclusions
 from tungo_operator.model.gateway import Gateway, parse_gateway
 from tungo_operator.render.config import RenderedConfig, config_secret, decode_secret, render_config
 
@@ -30,6 +33,7 @@ class Applied:
     namespaces: tuple[str, ...]  # every namespace holding the config Secret now
     written: tuple[str, ...]  # namespaces where it was created or changed (the sidecars there reload)
     removed: tuple[str, ...]  # namespaces it was deleted from
+    exclusions: Exclusions  # what the rendered config keeps off the tunnel, and what is unknown
 
 
 async def load_chain(api: KubeApi, namespace: str, name: str) -> Chain:
@@ -93,13 +97,17 @@ async def apply_gateway(
     body: Mapping[str, Any],
     *,
     serve: Callable[[Gateway], Iterable[str]],
+    facts: ClusterFacts,
     previous: Sequence[str] = (),
 ) -> Applied:
     """Validate, resolve, render and write one gateway's config Secrets; see the module docstring."""
     gateway = parse_gateway(body)
     uid = (body.get("metadata") or {}).get("uid")
     chain = await load_chain(api, gateway.namespace, gateway.chain)
-    rendered: RenderedConfig = render_config(gateway, chain, await load_secrets(api, chain))
+    exclusions = cluster_exclusions(gateway, facts)
+    rendered: RenderedConfig = render_config(
+        gateway, chain, await load_secrets(api, chain), excluded=exclusions.cidrs
+    )
     namespaces = sorted({gateway.namespace, *serve(gateway)})
     name = conventions.config_secret_name(gateway.name)
 
@@ -121,7 +129,9 @@ async def apply_gateway(
             written.append(ns)
 
     removed = await remove_gateway(api, gateway, [ns for ns in previous if ns not in namespaces])
-    return Applied(gateway, chain, rendered.config_hash, tuple(namespaces), tuple(written), tuple(removed))
+    return Applied(
+        gateway, chain, rendered.config_hash, tuple(namespaces), tuple(written), tuple(removed), exclusions
+    )
 
 
 async def remove_gateway(api: KubeApi, gateway: Gateway, namespaces: Iterable[str]) -> list[str]:
@@ -140,13 +150,41 @@ def ready_condition(
     previous: object, *, ready: bool, reason: str, message: str, generation: int | None
 ) -> list[dict[str, Any]]:
     """``status.conditions`` with ``Ready`` set; its transition time moves only when its status flips."""
+    return set_condition(previous, "Ready", ok=ready, reason=reason, message=message, generation=generation)
+
+
+EXCLUSIONS_CONDITION = "ClusterExclusions"
+
+
+def exclusions_condition(
+    previous: object, exclusions: Exclusions, *, generation: int | None
+) -> list[dict[str, Any]]:
+    """``status.conditions`` with ``ClusterExclusions`` set: True when every cluster range was found;
+    False with reason ``Incomplete`` (what is missing, and how to fix it) or ``Disabled``."""
+    if not exclusions.cluster:
+        ok, reason = False, "Disabled"
+        message = "spec.clusterExclusions is false: only spec.excludedCIDRs are kept off the tunnel"
+    elif exclusions.problems:
+        ok, reason, message = False, "Incomplete", "; ".join(exclusions.problems)
+    else:
+        ok, reason = True, "Discovered"
+        message = f"{len(exclusions.entries)} CIDR(s) kept off the tunnel (status.exclusions)"
+    return set_condition(
+        previous, EXCLUSIONS_CONDITION, ok=ok, reason=reason, message=message, generation=generation
+    )
+
+
+def set_condition(
+    previous: object, kind: str, *, ok: bool, reason: str, message: str, generation: int | None
+) -> list[dict[str, Any]]:
+    """``status.conditions`` with ``kind`` set; its transition time moves only when its status flips."""
     conditions = [dict(c) for c in previous if isinstance(c, Mapping)] if isinstance(previous, list) else []
-    status = "True" if ready else "False"
-    old = next((c for c in conditions if c.get("type") == "Ready"), None)
+    status = "True" if ok else "False"
+    old = next((c for c in conditions if c.get("type") == kind), None)
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     since = old.get("lastTransitionTime", now) if old is not None and old.get("status") == status else now
-    cond: dict[str, Any] = {"type": "Ready", "status": status, "reason": reason, "message": message[:1024]}
+    cond: dict[str, Any] = {"type": kind, "status": status, "reason": reason, "message": message[:1024]}
     cond["lastTransitionTime"] = since
     if generation is not None:
         cond["observedGeneration"] = generation
-    return [c for c in conditions if c.get("type") != "Ready"] + [cond]
+    return [c for c in conditions if c.get("type") != kind] + [cond]

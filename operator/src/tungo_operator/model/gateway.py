@@ -20,8 +20,9 @@ DEFAULT_TUN_NET = "192.168.123.1/24"
 DEFAULT_MTU = 1420  # room for ws/TLS framing inside a 1500-byte path
 DEFAULT_UDP_TIMEOUT = "30s"
 DEFAULT_ROUTES = ("0.0.0.0/0",)
-# Typical cluster ranges kept off the tunnel: kubeadm pods/services, k3s pods/services, node-local DNS.
-DEFAULT_EXCLUDED_CIDRS = ("10.244.0.0/16", "10.96.0.0/12", "10.42.0.0/16", "10.43.0.0/16", "169.254.20.10/32")
+# The user's own exclusions: none by default, the cluster's ranges are discovered (model.exclusions).
+DEFAULT_EXCLUDED_CIDRS: tuple[str, ...] = ()
+DEFAULT_CLUSTER_EXCLUSIONS = True
 MIN_MTU, MAX_MTU = 576, 65535  # 576: the IPv4 minimum datagram every host must accept
 SELECTOR_OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
 
@@ -92,6 +93,7 @@ class Gateway:
     interface: str | None = None
     bypass: Bypass | None = None
     excluded_cidrs: tuple[str, ...] = DEFAULT_EXCLUDED_CIDRS
+    cluster_exclusions: bool = DEFAULT_CLUSTER_EXCLUSIONS  # also exclude the discovered cluster ranges
     pod_selector: LabelSelector = LabelSelector()
     namespace_selector: LabelSelector | None = None  # None: only its own namespace
 
@@ -173,6 +175,7 @@ _SPEC_FIELDS = (
     "interface",
     "bypass",
     "excludedCIDRs",
+    "clusterExclusions",
     "podSelector",
     "namespaceSelector",
 )
@@ -207,6 +210,9 @@ def parse_gateway(body: Mapping[str, object]) -> Gateway:
         bypass=None if spec.get("bypass") is None else parse_bypass(spec["bypass"], "spec.bypass"),
         excluded_cidrs=tuple(
             fields.cidr(item, f"spec.excludedCIDRs[{i}]") for i, item in enumerate(excluded)
+        ),
+        cluster_exclusions=fields.boolean(
+            spec.get("clusterExclusions", DEFAULT_CLUSTER_EXCLUSIONS), "spec.clusterExclusions"
         ),
         pod_selector=parse_label_selector(spec.get("podSelector", {}), "spec.podSelector"),
         namespace_selector=None

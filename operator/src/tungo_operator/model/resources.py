@@ -3,7 +3,8 @@
 These types describe what the API server stores, field for field with the CRDs in ``crds/``; they are
 read only by the parsers in ``model.chain`` / ``model.gateway``, which check every value (an API server
 without our CRD schema, or a test server, may hand anything over) and return frozen dataclasses.
-Nothing else should walk raw dicts.
+Nothing else should walk raw dicts. The Node, Service and ServiceCIDR specs at the end are the fields
+``model.exclusions`` reads from built-in kinds (its ``node_pod_cidrs`` and friends).
 """
 
 from __future__ import annotations
@@ -147,6 +148,7 @@ class TunGatewaySpecRaw(TypedDict, total=False):
     interface: str
     bypass: BypassRaw
     excludedCIDRs: list[str]
+    clusterExclusions: bool
     podSelector: LabelSelectorRaw
     namespaceSelector: LabelSelectorRaw
 
@@ -156,6 +158,21 @@ class TunGatewayRaw(TypedDict, total=False):
     kind: str
     metadata: ObjectMeta
     spec: TunGatewaySpecRaw
+    status: TunGatewayStatusRaw
+
+
+class ExclusionRaw(TypedDict):
+    cidr: str
+    source: str
+
+
+class TunGatewayStatusRaw(TypedDict, total=False):
+    observedGeneration: int
+    injectedPods: int
+    namespaces: list[str]
+    configHash: str
+    exclusions: list[ExclusionRaw]
+    conditions: list[dict[str, object]]
 
 
 class SecretRaw(TypedDict, total=False):
@@ -165,3 +182,20 @@ class SecretRaw(TypedDict, total=False):
     type: str
     data: dict[str, str]  # base64
     stringData: dict[str, str]
+
+
+# The few fields of built-in kinds the controller reads for cluster exclusions (model.exclusions).
+
+
+class NodeSpecRaw(TypedDict, total=False):
+    podCIDR: str
+    podCIDRs: list[str]
+
+
+class ServiceSpecRaw(TypedDict, total=False):
+    clusterIP: str  # "None" for a headless Service
+    clusterIPs: list[str]
+
+
+class ServiceCIDRSpecRaw(TypedDict, total=False):  # networking.k8s.io/v1, Kubernetes 1.33+
+    cidrs: list[str]

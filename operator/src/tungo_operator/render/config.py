@@ -8,7 +8,8 @@ never into a custom resource. Called by ``tungo_operator.handlers``; must never 
 
 The YAML follows GOST v3's schema (services, chains → hops → nodes, bypasses) with GOST's metadata
 keys: the tungo listener (name, net, mtu, dns, route, gw) and handler (udpTimeout, sniffing*). One key
-is tungo's own: listener ``exclude``, the comma-separated CIDRs the sidecar keeps out of the TUN routes.
+is tungo's own: listener ``exclude``, the comma-separated CIDRs the sidecar keeps out of the TUN routes
+(``spec.excludedCIDRs`` and the cluster's own ranges, decided by ``model.exclusions``).
 
 Bypass scopes follow GOST (``tungo_sidecar.chain.route``): a hop's bypass ends the route before that
 hop. The TunGateway's ``bypass`` ("dialed directly instead of through the chain") is therefore the
@@ -22,7 +23,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -144,8 +145,15 @@ def _render_node(
     return {"name": node.name, "addr": node.addr, "connector": connector, "dialer": dialer}
 
 
-def render_config(gateway: Gateway, chain: Chain, secrets: SecretContents) -> RenderedConfig:
-    """The config Secret's files for ``gateway`` over ``chain`` (model errors when a reference fails)."""
+def render_config(
+    gateway: Gateway, chain: Chain, secrets: SecretContents, *, excluded: Sequence[str] | None = None
+) -> RenderedConfig:
+    """The config Secret's files for ``gateway`` over ``chain`` (model errors when a reference fails).
+
+    ``excluded``: the listener's ``exclude`` CIDRs; the controller passes ``model.exclusions``'s
+    decision (``spec.excludedCIDRs`` plus the discovered cluster ranges). None: the gateway's own
+    ``excludedCIDRs`` alone, as given (a render without any knowledge of the cluster).
+    """
     files: dict[str, str] = {}
     bypasses: list[dict[str, Any]] = []
     gateway_bypass: str | None = None
@@ -185,8 +193,9 @@ def render_config(gateway: Gateway, chain: Chain, secrets: SecretContents) -> Re
         listener_md["route"] = ",".join(tun.routes)
     if tun.gw is not None:
         listener_md["gw"] = tun.gw
-    if gateway.excluded_cidrs:
-        listener_md[EXCLUDE_KEY] = ",".join(gateway.excluded_cidrs)
+    exclude = gateway.excluded_cidrs if excluded is None else tuple(excluded)
+    if exclude:
+        listener_md[EXCLUDE_KEY] = ",".join(exclude)
 
     sniff = gateway.handler.sniffing
     handler_md: dict[str, Any] = {"udpTimeout": gateway.handler.udp_timeout, "sniffing": sniff.enabled}

@@ -12,6 +12,9 @@
 #
 # The base is pinned to a patch release. Pin its digest too when you build (`docker buildx imagetools
 # inspect python:3.11.14-slim-bookworm`); no registry was reachable where this file was written.
+# PYTHON_IMAGE may name any Debian 12 image with `python` (venv + ensurepip), apt and useradd:
+# scripts/build-image.sh builds this file unchanged with buildah on such a base made by mmdebstrap
+# (python3, python3-venv, python-is-python3), then runs the image's commands and its sidecar.
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 
 # --- build: the project wheel and its dependencies in a virtualenv ---------------------------------
@@ -41,7 +44,7 @@ LABEL org.opencontainers.image.title="kube-tungo" \
 # table that sends replies to inbound connections (kubelet probes, ingress) around the TUN
 # (tungo_sidecar/routing/inbound.py).
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends iproute2 nftables \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends iproute2 nftables \
     && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 10001 tungo \
     && useradd --system --uid 10001 --gid 10001 --home-dir /nonexistent --no-create-home \

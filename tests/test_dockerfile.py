@@ -1,11 +1,13 @@
-"""The Dockerfile, without a Docker engine (none is available here).
+"""The Dockerfile, without a container engine.
 
 Quick checks read the Dockerfile: pinned base, multi-stage, non-root final user matching the chart,
-COPY sources present and not excluded by .dockerignore. The slow test runs the build stage's RUN lines
-themselves, verbatim, in a clean virtualenv made from this machine's Python 3.11 (the base image's
-version): the wheel build, the install with the operator extra, and the three entry points. What it
-cannot run here is the runtime stage (apt-get, useradd would change this host): for those it checks
-that the Debian package exists on Debian 12 (this machine) and that the user matches the chart.
+COPY sources present and not excluded by .dockerignore, and scripts/build-image.sh still passing its
+base through the Dockerfile's argument. The slow test runs the build stage's RUN lines themselves,
+verbatim, in a clean virtualenv made from this machine's Python 3.11 (the base image's version): the
+wheel build, the install with the operator extra, and the three entry points. The runtime stage
+(apt-get, useradd) would change this host: here it is checked that the Debian packages exist on
+Debian 12 (this machine) and that the user matches the chart. The whole image, built with buildah and
+run with podman, is tests/test_image.py (TUNGO_IMAGE_TEST=1).
 """
 
 from __future__ import annotations
@@ -107,6 +109,13 @@ def test_copied_sources_exist_and_are_not_docker_ignored() -> None:
         assert not ignored(src), f"{src} is excluded by .dockerignore"
     for heavy in (".venv", ".git", ".tools", "tests", ".venv/bin/python"):
         assert ignored(heavy), f"{heavy} would be sent to the build"
+
+
+def test_build_script_passes_its_base_through_the_dockerfiles_argument() -> None:
+    script = ROOT / "scripts" / "build-image.sh"
+    assert '--build-arg "PYTHON_IMAGE=$BASE"' in script.read_text() and "PYTHON_IMAGE" in ARGS
+    assert os.access(script, os.X_OK)
+    subprocess.run(["bash", "-n", str(script)], check=True)
 
 
 def test_runtime_packages_exist_on_debian_bookworm() -> None:

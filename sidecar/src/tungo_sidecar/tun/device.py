@@ -8,6 +8,11 @@ Why offload: with ``IFF_VNET_HDR`` and ``TUNSETOFFLOAD`` (CSUM, TSO4, TSO6) the 
 accepts ~64 KiB TCP super-packets with the checksum left for the device to complete, so Python touches
 ~40 times fewer packets (DESIGN.md §3: ~8-10 Gbit/s against ~1 Gbit/s with plain 1,500-byte packets).
 Where a kernel refuses, the device falls back to plain packets (logged once) and everything still works.
+
+When the device cannot be opened, the error says what to do (``open_hint``): the cause is nearly always
+the container, not tungo — no ``/dev/net/tun`` node, no ``NET_ADMIN``, or a device cgroup that refuses
+char 10:200 although the node is mounted (runc 1.2.0-1.2.3 and crun 1.5-1.19 dropped it from their
+default allowed devices: kubernetes/kubernetes#129157).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ TUN_F_CSUM = 0x01
 TUN_F_TSO4 = 0x02
 TUN_F_TSO6 = 0x04
 IFA_F_NODAD = 0x02  # no duplicate address detection: a TUN has no neighbours, and the listener must bind now
+CAP_NET_ADMIN = 12  # linux/capability.h: bit 12 of CapEff in /proc/self/status
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
@@ -77,7 +83,55 @@ def _open(name: str, vnet_hdr: bool) -> Any:
     try:
         return pytun.TunTapDevice(name=name, flags=flags)
     except (pytun.Error, OSError) as exc:
-        raise TunError(f"cannot open TUN device {name!r}: {exc}") from exc
+        hint = open_hint(exc.errno, os.getuid(), _has_net_admin())
+        raise TunError(f"cannot open TUN device {name!r}: {exc}" + (f". {hint}" if hint else "")) from exc
+
+
+def open_hint(code: int | None, uid: int, net_admin: bool | None) -> str:
+    """What to do when opening ``/dev/net/tun`` (or its ``TUNSETIFF``) failed with ``code``; "" if unknown.
+
+    One sentence, no newline: the CLI prints it after ``tungo: error:``. ``net_admin`` (None: unknown)
+    tells the two causes of EPERM apart: a missing capability, or a device cgroup that refuses the node.
+    """
+    run_as_root = (
+        "run tungo as uid 0 with NET_ADMIN added (Kubernetes grants added capabilities to uid 0 only: "
+        "runAsUser 0, capabilities.add [NET_ADMIN]; docker/podman: --user 0 --cap-add NET_ADMIN)"
+    )
+    cgroup = (
+        "the container's device cgroup refuses /dev/net/tun (char 10:200): runc 1.2.0-1.2.3 and crun "
+        "1.5-1.19 left it out of their default allowed devices (kubernetes/kubernetes#129157); upgrade "
+        "the node's runtime (runc 1.2.4+, crun 1.20+) or grant the device (a device plugin, a privileged "
+        "container; docker/podman: --device /dev/net/tun)"
+    )
+    if code == errno.ENOENT:
+        return (
+            "/dev/net/tun is missing: mount the node's /dev/net/tun into the container (Kubernetes: a "
+            "hostPath volume of type CharDevice, as the injected sidecar has; docker/podman: --device "
+            "/dev/net/tun); on the host itself, load the driver: modprobe tun"
+        )
+    if code in (errno.ENODEV, errno.ENXIO):
+        return "The kernel has no TUN driver: load it on the node with modprobe tun"
+    if code == errno.EACCES:
+        return f"/dev/net/tun is closed to uid {uid}: {run_as_root}"
+    if code == errno.EPERM:
+        if net_admin is False:
+            return f"tungo (uid {uid}) lacks the NET_ADMIN capability: {run_as_root}"
+        if net_admin:
+            return f"NET_ADMIN is present, so {cgroup}"
+        return f"Either NET_ADMIN is missing: {run_as_root}; or {cgroup}"
+    return ""
+
+
+def _has_net_admin() -> bool | None:
+    """Whether this process holds CAP_NET_ADMIN now (None when /proc does not say)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("CapEff:"):
+                    return bool((int(line.split()[1], 16) >> CAP_NET_ADMIN) & 1)
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def _enable_offload(tun: Any) -> bool:

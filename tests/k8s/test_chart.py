@@ -379,6 +379,7 @@ def test_cluster_exclusion_values_reach_the_operator_and_its_rbac(
 
     values: dict[str, Any] = {
         "operator": {"watchNamespaces": ["shop"]},
+        "clusterDomain": "k8s.example",
         "clusterExclusions": {
             "serviceCIDRs": ["10.96.0.0/12", "fd00:10:96::/112"],
             "podCIDRs": ["10.244.0.0/16"],
@@ -391,7 +392,11 @@ def test_cluster_exclusion_values_reach_the_operator_and_its_rbac(
         service_cidrs=("10.96.0.0/12", "fd00:10:96::/112"),
         pod_cidrs=("10.244.0.0/16",),
         dns_service=("dns", "coredns"),
+        cluster_domain="k8s.example",
     )
+    # The webhook writes the same domain into split-DNS pods' search lists.
+    (webhook,) = one(docs, "Deployment", "-webhook")["spec"]["template"]["spec"]["containers"]
+    assert {"name": "TUNGO_CLUSTER_DOMAIN", "value": "k8s.example"} in webhook["env"]
     # Namespaced: the operator GETs the two Services by name (no Service list/watch anywhere).
     services = [r for r in service_rules(docs) if r["resources"] == ["services"]]
     assert services == [

@@ -102,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"the cluster DNS Service whose ClusterIP is excluded (default {dns_default})",
     )
     cluster.add_argument(
+        "--cluster-domain",
+        default=exclusions.DEFAULT_CLUSTER_DOMAIN,
+        help="the cluster's DNS domain (kubelet --cluster-domain): names under it stay with the "
+        f"cluster DNS in split-DNS pods (default {exclusions.DEFAULT_CLUSTER_DOMAIN})",
+    )
+    cluster.add_argument(
         "--no-cluster-discovery",
         dest="cluster_discovery",
         action="store_false",
@@ -147,6 +153,7 @@ def discovery_config(args: argparse.Namespace) -> exclusions.DiscoveryConfig:
         service_cidrs=tuple(dict.fromkeys(args.service_cidr)),
         pod_cidrs=tuple(dict.fromkeys(args.pod_cidr)),
         dns_service=args.dns_service,
+        cluster_domain=args.cluster_domain.strip().rstrip(".") or exclusions.DEFAULT_CLUSTER_DOMAIN,
     )
 
 

@@ -4,6 +4,7 @@ TunGateway/Chain field must arrive where the sidecar looks for it."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +12,11 @@ import pytest
 import yaml
 
 from tungo_operator.model.chain import parse_chain
+from tungo_operator.model.errors import SpecError
 from tungo_operator.model.exclusions import ClusterFacts, ServiceLookup, cluster_exclusions
 from tungo_operator.model.gateway import parse_gateway
 from tungo_operator.render.config import decode_secret, render_config
+from tungo_sidecar.app import runner
 from tungo_sidecar.app.bypasses import compile_all, policy_for
 from tungo_sidecar.chain.route import Flow, Route
 from tungo_sidecar.config import yaml_io
@@ -203,3 +206,67 @@ def test_discovered_exclusions_reach_the_sidecars_routing_plan() -> None:
     # Both families are captured (routes 0.0.0.0/0 and 2001:db8::/32): every entry becomes a throw route.
     throws = {str(op.dst) for op in make_plan(tun).operations if getattr(op, "type", None) == "throw"}
     assert throws == set(decided.cidrs)
+
+
+def test_split_dns_renders_a_dns_service_the_sidecar_runs_before_its_tun(tmp_path: Path) -> None:
+    gateway = copy.deepcopy(FULL_GATEWAY)
+    gateway["spec"]["dns"] = {"mode": "tunnel"}
+    rendered = render_config(
+        parse_gateway(gateway),
+        parse_chain(FULL_CHAIN),
+        SECRETS,
+        excluded=["10.96.0.0/12", "10.244.0.0/16"],
+        cluster_dns=["10.96.0.10"],
+        cluster_domain="k8s.example",
+    )
+    # The Secret's files as the pod sees them, under a temporary mount (the sidecar loads the CAs).
+    for key, text in rendered.files.items():
+        (tmp_path / key).write_text(text)
+    config = yaml_io.load(rendered.config_yaml.replace("/etc/tungo/", f"{tmp_path}/"))
+    dns, tun = config.services
+    assert (dns.handler.type, dns.listener.type, dns.addr, dns.chain) == (
+        "dns",
+        "dns",
+        "127.0.0.1:53",
+        "two-hops",
+    )
+    md = dns.handler.metadata
+    assert md.get_list("dns") == ("udp://10.99.0.53:53",)  # spec.tun.dns, through the chain
+    assert md.get_list("dns.local") == ("udp://10.96.0.10:53",)  # the discovered DNS Service, direct
+    # The cluster domain and the first hop's relay host names: the sidecar must resolve its relay
+    # before any tunnel exists (the IPv6 node needs no name).
+    assert md.get_list("dns.localDomains") == ("k8s.example", "edge-a.example")
+    assert md.get_list("dns.localNets") == ("10.96.0.0/12", "10.244.0.0/16")
+    # The sidecar's own runner builds both, DNS first, and the DNS answers teach the TUN's name map
+    # (the gateway sniffs UDP).
+    built = runner.build_services(config)
+    assert [type(s).__name__ for s in built] == ["DnsService", "TunService"]
+    assert getattr(built[0], "on_answer", None) == getattr(built[1], "learn_dns", None)
+    assert tun.handler.type == "tungo"
+
+
+@pytest.mark.parametrize(
+    ("dns", "tun_dns", "cluster_dns", "message"),
+    [
+        ({"mode": "tunnel"}, [], ["10.96.0.10"], "spec.dns.mode: tunnel needs spec.tun.dns"),
+        ({"mode": "tunnel"}, ["1.1.1.1"], [], "set spec.dns.clusterServers"),
+        (
+            {"mode": "everything"},
+            ["1.1.1.1"],
+            [],
+            "spec.dns.mode: 'everything' is not one of cluster, tunnel",
+        ),
+    ],
+)
+def test_split_dns_without_what_it_needs_is_a_spec_error(
+    dns: dict[str, Any], tun_dns: list[str], cluster_dns: list[str], message: str
+) -> None:
+    gateway = copy.deepcopy(FULL_GATEWAY)
+    gateway["spec"]["dns"] = dns
+    gateway["spec"]["tun"]["dns"] = tun_dns
+    with pytest.raises(SpecError, match=message):
+        render_config(parse_gateway(gateway), parse_chain(FULL_CHAIN), SECRETS, cluster_dns=cluster_dns)
+    if dns["mode"] == "tunnel" and tun_dns:  # an explicit cluster DNS needs no discovery
+        gateway["spec"]["dns"]["clusterServers"] = ["169.254.20.10"]
+        rendered = render_config(parse_gateway(gateway), parse_chain(FULL_CHAIN), SECRETS)
+        assert "udp://169.254.20.10:53" in rendered.config_yaml

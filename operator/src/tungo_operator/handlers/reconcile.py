@@ -105,8 +105,14 @@ async def apply_gateway(
     uid = (body.get("metadata") or {}).get("uid")
     chain = await load_chain(api, gateway.namespace, gateway.chain)
     exclusions = cluster_exclusions(gateway, facts)
+    cluster_dns = facts.dns.cluster_ips if facts.dns is not None and facts.dns.found else ()
     rendered: RenderedConfig = render_config(
-        gateway, chain, await load_secrets(api, chain), excluded=exclusions.cidrs
+        gateway,
+        chain,
+        await load_secrets(api, chain),
+        excluded=exclusions.cidrs,
+        cluster_dns=cluster_dns,
+        cluster_domain=facts.config.cluster_domain,
     )
     namespaces = sorted({gateway.namespace, *serve(gateway)})
     name = conventions.config_secret_name(gateway.name)

@@ -38,6 +38,7 @@ LINK_LOCAL = ("169.254.0.0/16", "fe80::/10")
 DEFAULT_DNS_SERVICE = ("kube-system", "kube-dns")
 KUBERNETES_SERVICE = ("default", "kubernetes")  # the API server's own Service, in every cluster
 
+DEFAULT_CLUSTER_DOMAIN = "cluster.local"
 SOURCE_SPEC = "spec.excludedCIDRs"
 SOURCE_LINK_LOCAL = "link-local"
 SOURCE_SERVICE_CIDR_FLAG = "operator --service-cidr"
@@ -60,6 +61,7 @@ class DiscoveryConfig:
     service_cidrs: tuple[str, ...] = ()  # used when the API has no ServiceCIDR objects
     pod_cidrs: tuple[str, ...] = ()  # used when no Node has spec.podCIDRs
     dns_service: tuple[str, str] = DEFAULT_DNS_SERVICE  # namespace, name
+    cluster_domain: str = DEFAULT_CLUSTER_DOMAIN  # names split-DNS pods ask the cluster DNS about
 
 
 @dataclass(frozen=True, slots=True)

@@ -83,6 +83,22 @@ class LabelSelector:
         return True
 
 
+DNS_MODES = ("cluster", "tunnel")
+
+
+@dataclass(frozen=True, slots=True)
+class Dns:
+    """``spec.dns``: ``tunnel`` makes the sidecar the pod's resolver (cluster names to the cluster DNS,
+    the rest through the chain to ``spec.tun.dns``); ``cluster_servers`` override the discovered DNS."""
+
+    mode: str = "cluster"
+    cluster_servers: tuple[str, ...] = ()
+
+    @property
+    def tunnel(self) -> bool:
+        return self.mode == "tunnel"
+
+
 @dataclass(frozen=True, slots=True)
 class Gateway:
     namespace: str
@@ -96,6 +112,7 @@ class Gateway:
     cluster_exclusions: bool = DEFAULT_CLUSTER_EXCLUSIONS  # also exclude the discovered cluster ranges
     pod_selector: LabelSelector = LabelSelector()
     namespace_selector: LabelSelector | None = None  # None: only its own namespace
+    dns: Dns = Dns()
 
 
 def parse_label_selector(value: object, path: str) -> LabelSelector:
@@ -176,6 +193,7 @@ _SPEC_FIELDS = (
     "bypass",
     "excludedCIDRs",
     "clusterExclusions",
+    "dns",
     "podSelector",
     "namespaceSelector",
 )
@@ -198,7 +216,7 @@ def parse_gateway(body: Mapping[str, object]) -> Gateway:
     )
     interface = spec.get("interface")
     ns_selector = spec.get("namespaceSelector")
-    return Gateway(
+    gateway = Gateway(
         namespace=namespace,
         name=name,
         chain=fields.string(ref["name"], "spec.chainRef.name"),
@@ -218,4 +236,25 @@ def parse_gateway(body: Mapping[str, object]) -> Gateway:
         namespace_selector=None
         if ns_selector is None
         else parse_label_selector(ns_selector, "spec.namespaceSelector"),
+        dns=_parse_dns(spec.get("dns", {}), "spec.dns"),
+    )
+    if gateway.dns.tunnel and not gateway.tun.dns:
+        raise SpecError(
+            "spec.dns.mode: tunnel needs spec.tun.dns, the servers that answer names outside the "
+            "cluster through the chain (e.g. tun: {dns: [1.1.1.1]})"
+        )
+    return gateway
+
+
+def _parse_dns(value: object, path: str) -> Dns:
+    raw = fields.obj(value, path, allowed=("mode", "clusterServers"))
+    mode = fields.string(raw.get("mode", "cluster"), f"{path}.mode")
+    if mode not in DNS_MODES:
+        raise SpecError(f"{path}.mode: {mode!r} is not one of {', '.join(DNS_MODES)}")
+    servers = fields.strings(raw.get("clusterServers", []), f"{path}.clusterServers", max_items=4)
+    return Dns(
+        mode=mode,
+        cluster_servers=tuple(
+            fields.ip(item, f"{path}.clusterServers[{i}]") for i, item in enumerate(servers)
+        ),
     )

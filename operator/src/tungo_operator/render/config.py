@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +41,8 @@ from tungo_operator.model.resources import ObjectMeta, SecretRaw
 EXCLUDE_KEY = "exclude"
 # GOST services need an address; a TUN listener does not listen on one, ":0" says so.
 TUN_SERVICE_ADDR = ":0"
+# Where the split-DNS resolver listens in the pod: the nameserver the webhook writes (injection.sidecar).
+DNS_LISTEN = "127.0.0.1"
 
 SecretContents = Mapping[str, Mapping[str, bytes]]  # Secret name → key → decoded bytes
 
@@ -146,13 +149,21 @@ def _render_node(
 
 
 def render_config(
-    gateway: Gateway, chain: Chain, secrets: SecretContents, *, excluded: Sequence[str] | None = None
+    gateway: Gateway,
+    chain: Chain,
+    secrets: SecretContents,
+    *,
+    excluded: Sequence[str] | None = None,
+    cluster_dns: Sequence[str] = (),
+    cluster_domain: str = "cluster.local",
 ) -> RenderedConfig:
     """The config Secret's files for ``gateway`` over ``chain`` (model errors when a reference fails).
 
     ``excluded``: the listener's ``exclude`` CIDRs; the controller passes ``model.exclusions``'s
     decision (``spec.excludedCIDRs`` plus the discovered cluster ranges). None: the gateway's own
     ``excludedCIDRs`` alone, as given (a render without any knowledge of the cluster).
+    ``cluster_dns`` (the discovered DNS Service's IPs) and ``cluster_domain`` matter with
+    ``spec.dns.mode: tunnel`` only (``_dns_service``).
     """
     files: dict[str, str] = {}
     bypasses: list[dict[str, Any]] = []
@@ -221,7 +232,12 @@ def render_config(
     if service_md:
         service["metadata"] = service_md
 
-    document: dict[str, Any] = {"services": [service], "chains": [{"name": chain.name, "hops": hops}]}
+    services = [service]
+    if gateway.dns.tunnel:
+        # First: services start in order, and the TUN resolves its relay's name through the pod's
+        # resolver, which is this service once the webhook pointed the pod at it.
+        services.insert(0, _dns_service(gateway, chain, exclude, cluster_dns, cluster_domain))
+    document: dict[str, Any] = {"services": services, "chains": [{"name": chain.name, "hops": hops}]}
     if bypasses:
         document["bypasses"] = bypasses
     header = (
@@ -283,3 +299,45 @@ def config_secret(
         "data": data,
     }
     return secret
+
+
+def _dns_service(
+    gateway: Gateway, chain: Chain, local_nets: Sequence[str], cluster_dns: Sequence[str], domain: str
+) -> dict[str, Any]:
+    """The sidecar's DNS service for ``spec.dns.mode: tunnel`` (GOST's ``dns`` handler with tungo's split
+    keys): names under the cluster domain, and the first hop's relay hosts (the sidecar must reach its
+    relay before any tunnel exists), go straight to the cluster DNS; reverse lookups of the cluster's
+    ranges too; every other name through the chain to ``spec.tun.dns``."""
+    servers = gateway.dns.cluster_servers or tuple(cluster_dns)
+    if not servers:
+        raise SpecError(
+            "spec.dns.mode: tunnel needs the cluster DNS for cluster names, and the operator found none "
+            "(cluster discovery off, or its DNS Service has no ClusterIP): set spec.dns.clusterServers"
+        )
+    relays = [node.host for node in chain.hops[0].nodes] if chain.hops else []
+    relay_names = [host for host in relays if not _is_ip(host)]
+    metadata: dict[str, Any] = {
+        "dns": [f"udp://{_host_port(ip)}" for ip in gateway.tun.dns],
+        "dns.local": [f"udp://{_host_port(ip)}" for ip in servers],
+        "dns.localDomains": list(dict.fromkeys([domain, *relay_names])),
+    }
+    if local_nets:
+        metadata["dns.localNets"] = list(local_nets)
+    return {
+        "name": f"{gateway.name}-dns",
+        "addr": f"{DNS_LISTEN}:53",
+        "handler": {"type": "dns", "chain": chain.name, "metadata": metadata},
+        "listener": {"type": "dns"},
+    }
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _host_port(ip: str) -> str:
+    return f"[{ip}]:53" if ":" in ip else f"{ip}:53"

@@ -605,3 +605,34 @@ def test_split_dns_points_the_pod_resolver_at_the_sidecar_and_lets_it_bind_port_
     chosen["spec"]["dnsConfig"] = {"nameservers": ["192.0.2.53"]}
     kept = apply(chosen, decide(chosen, gateways=[gw("edge", dns={"mode": "tunnel"})]))
     assert kept["spec"]["dnsConfig"] == {"nameservers": ["192.0.2.53"]}
+
+
+def test_pod_routing_annotations_become_the_sidecars_exclude_and_route_flags() -> None:
+    pod = load("plain.yaml")
+    pod["metadata"]["annotations"] = {
+        c.EXCLUDE_ANNOTATION: "10.20.0.0/16, fd00:20::/64",
+        c.INCLUDE_ANNOTATION: "*",
+    }
+    out = apply(pod, decide(pod))
+    sidecar_ctr = out["spec"]["initContainers"][0]
+    assert sidecar_ctr["command"] == list(c.SIDECAR_COMMAND)
+    assert sidecar_ctr["args"] == ["--exclude=10.20.0.0/16,fd00:20::/64", "--route=0.0.0.0/0,::/0"]
+    # Without the annotations: no args at all (the golden patch is unchanged).
+    assert "args" not in apply(load("plain.yaml"), decide(load("plain.yaml")))["spec"]["initContainers"][0]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "problem"),
+    [
+        (c.EXCLUDE_ANNOTATION, "10.0.0.1/8", "'10.0.0.1/8' is not a CIDR (10.0.0.1/8 has host bits set)"),
+        (c.EXCLUDE_ANNOTATION, " , ", "is empty"),
+        (c.INCLUDE_ANNOTATION, "*,10.0.0.0/8", "'*' is not a CIDR"),
+        (c.INCLUDE_ANNOTATION, ",".join(f"10.{i}.0.0/16" for i in range(65)), "lists 65 ranges; at most 64"),
+    ],
+)
+def test_bad_routing_annotations_deny_the_pod_naming_the_value(key: str, value: str, problem: str) -> None:
+    pod = load("plain.yaml")
+    pod["metadata"]["annotations"] = {key: value}
+    decision = decide(pod)
+    assert decision.verdict is core.Verdict.DENY and decision.reason == "annotation-invalid"
+    assert f"annotation {key} {problem}" in decision.message

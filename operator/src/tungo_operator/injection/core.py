@@ -37,6 +37,7 @@ Which gateway a pod gets, in order:
 from __future__ import annotations
 
 import enum
+import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -263,6 +264,9 @@ def decide(
     chosen = _choose_gateway(who, namespace_info, labels, annotations.get(c.GATEWAY_ANNOTATION), gateways)
     if isinstance(chosen, Decision):
         return chosen
+    routing = _pod_routing(who, annotations)
+    if isinstance(routing, Decision):
+        return routing
     # Problems of the pod itself first: they need a fix, whereas an unready gateway may just need time.
     problem = _conflict(who, spec) or _unready(who, chosen)
     if problem is not None:
@@ -271,7 +275,7 @@ def decide(
         Verdict.INJECT,
         "injected",
         f"{who}: injected with TunGateway {chosen.ref!r}",
-        patch=_patch(pod, chosen, namespace, settings),
+        patch=_patch(pod, chosen, namespace, settings, routing),
         gateway=chosen.name,
     )
 
@@ -446,13 +450,19 @@ def _conflict(who: str, spec: Mapping[str, Any]) -> Decision | None:
 
 
 def _patch(
-    pod: Mapping[str, Any], chosen: GatewayInfo, namespace: str, settings: sidecar.SidecarSettings
+    pod: Mapping[str, Any],
+    chosen: GatewayInfo,
+    namespace: str,
+    settings: sidecar.SidecarSettings,
+    routing: tuple[str, ...] = (),
 ) -> tuple[PatchOp, ...]:
     meta = pod.get("metadata") or {}
     spec = pod.get("spec") or {}
     gateway = chosen.name
     ops: list[PatchOp] = []
     ctr = sidecar.container(settings, dns=chosen.dns_tunnel)
+    if routing:
+        ctr["args"] = list(routing)
     if "initContainers" in spec and spec["initContainers"] is not None:
         ops.append(PatchOp("add", pointer("spec", "initContainers", 0), ctr))
     else:
@@ -496,3 +506,42 @@ def _dns_config(spec: Mapping[str, Any], namespace: str, domain: str) -> list[Pa
         PatchOp("add", pointer("spec", "dnsPolicy"), "None"),
         PatchOp("add", pointer("spec", "dnsConfig"), config),
     ]
+
+
+#: Entries a per-pod routing annotation may hold (a pod spec is no place for a routing table).
+MAX_POD_CIDRS = 64
+
+
+def _pod_routing(who: str, annotations: Mapping[str, Any]) -> tuple[str, ...] | Decision:
+    """The sidecar arguments a pod's routing annotations ask for (``--exclude``/``--route``), or the
+    denial naming the bad value: a sidecar capturing other than what the pod asked for is worse than
+    no pod."""
+    args: list[str] = []
+    for key, flag in ((c.EXCLUDE_ANNOTATION, "--exclude"), (c.INCLUDE_ANNOTATION, "--route")):
+        value = annotations.get(key)
+        if value is None:
+            continue
+        text = str(value).strip()
+        if flag == "--route" and text == "*":
+            text = "0.0.0.0/0,::/0"
+        parts = [part.strip() for part in text.split(",") if part.strip()]
+        problem = None
+        if not parts:
+            problem = "is empty"
+        elif len(parts) > MAX_POD_CIDRS:
+            problem = f"lists {len(parts)} ranges; at most {MAX_POD_CIDRS}"
+        for part in parts:
+            try:
+                ipaddress.ip_network(part, strict=True)
+            except ValueError as exc:
+                problem = f"{part!r} is not a CIDR ({exc})"
+                break
+        if problem is not None:
+            return Decision(
+                Verdict.DENY,
+                "annotation-invalid",
+                f"tungo injector: {who}: annotation {key} {problem}: give comma-separated CIDRs such as "
+                f"10.0.0.0/8,fd00::/8{' (or * for everything)' if flag == '--route' else ''}.",
+            )
+        args.append(f"{flag}={','.join(parts)}")
+    return tuple(args)

@@ -51,6 +51,10 @@ INJECT_LABEL: Final = "tungo.dev/inject"
 INJECT_ENABLED: Final = "enabled"
 GATEWAY_ANNOTATION: Final = "tungo.dev/gateway"
 STATUS_ANNOTATION: Final = "tungo.dev/status"
+# Per-pod routing, as istio's traffic.sidecar.istio.io/* annotations: CIDRs kept off this pod's tunnel
+# (added to the gateway's), and the CIDRs captured instead of the gateway's routes ("*": everything).
+EXCLUDE_ANNOTATION: Final = "tungo.dev/excludeOutboundIPRanges"
+INCLUDE_ANNOTATION: Final = "tungo.dev/includeOutboundIPRanges"
 STATUS_INJECTED: Final = "injected"  # the value of STATUS_ANNOTATION on an injected pod
 
 # On the config Secrets the controller writes: who owns them (a label, so it can be selected on).

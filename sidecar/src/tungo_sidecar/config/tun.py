@@ -22,13 +22,15 @@ This module never touches the kernel, the network or the file system.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network
 from typing import TYPE_CHECKING
 
-from tungo_sidecar.config.model import Metadata
+from tungo_sidecar.config.model import Config, Metadata
 from tungo_sidecar.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -38,6 +40,8 @@ IPAddress = IPv4Address | IPv6Address
 IPInterface = IPv4Interface | IPv6Interface
 IPNetwork = IPv4Network | IPv6Network
 
+#: The listener (and handler) type of a TUN service.
+TUN_TYPE = "tungo"
 DEFAULT_NAME = "tungo"
 # GOST's default net is none at all; ours (DESIGN.md §2) gives the engine an address to listen on.
 DEFAULT_NET: tuple[IPInterface, ...] = (IPv4Interface("192.168.123.1/24"),)
@@ -315,3 +319,33 @@ def split_command(line: str) -> list[str]:
     if not argv:
         raise ConfigError(f"line {line!r}: no command")
     return argv
+
+
+def with_pod_overrides(config: Config, *, exclude: Sequence[str] = (), routes: Sequence[str] = ()) -> Config:
+    """``config`` with every TUN service's listener changed by the CLI's ``--exclude``/``--route``.
+
+    tungo's own flags, for what differs per pod while the config Secret is shared by every pod of a
+    gateway (the webhook turns a pod's ``tungo.dev/excludeOutboundIPRanges`` and
+    ``tungo.dev/includeOutboundIPRanges`` annotations into them): ``exclude`` CIDRs are added to the
+    listener's ``exclude``; ``routes``, when given, replace its ``route``/``routes``. The values are
+    checked where every listener value is, in ``parse_tun_settings``.
+    """
+    if not exclude and not routes:
+        return config
+    services = []
+    for service in config.services:
+        if service.listener.type != TUN_TYPE:
+            services.append(service)
+            continue
+        items = dict(service.listener.metadata.original_items())
+        for key in list(items):
+            lowered = key.lower().removeprefix("tun.")
+            if (lowered == "exclude" and exclude) or (lowered in ("route", "routes") and routes):
+                del items[key]
+        if exclude:
+            items["exclude"] = ",".join([*_get_list(service.listener.metadata, "exclude"), *exclude])
+        if routes:
+            items["route"] = ",".join(routes)
+        listener = dataclasses.replace(service.listener, metadata=Metadata(items))
+        services.append(dataclasses.replace(service, listener=listener))
+    return dataclasses.replace(config, services=tuple(services))

@@ -612,11 +612,16 @@ def test_pod_routing_annotations_become_the_sidecars_exclude_and_route_flags() -
     pod["metadata"]["annotations"] = {
         c.EXCLUDE_ANNOTATION: "10.20.0.0/16, fd00:20::/64",
         c.INCLUDE_ANNOTATION: "*",
+        c.EXCLUDE_PORTS_ANNOTATION: "5432,8000-8100",
     }
     out = apply(pod, decide(pod))
     sidecar_ctr = out["spec"]["initContainers"][0]
     assert sidecar_ctr["command"] == list(c.SIDECAR_COMMAND)
-    assert sidecar_ctr["args"] == ["--exclude=10.20.0.0/16,fd00:20::/64", "--route=0.0.0.0/0,::/0"]
+    assert sidecar_ctr["args"] == [
+        "--exclude=10.20.0.0/16,fd00:20::/64",
+        "--route=0.0.0.0/0,::/0",
+        "--exclude-ports=5432,8000-8100",
+    ]
     # Without the annotations: no args at all (the golden patch is unchanged).
     assert "args" not in apply(load("plain.yaml"), decide(load("plain.yaml")))["spec"]["initContainers"][0]
 
@@ -628,6 +633,9 @@ def test_pod_routing_annotations_become_the_sidecars_exclude_and_route_flags() -
         (c.EXCLUDE_ANNOTATION, " , ", "is empty"),
         (c.INCLUDE_ANNOTATION, "*,10.0.0.0/8", "'*' is not a CIDR"),
         (c.INCLUDE_ANNOTATION, ",".join(f"10.{i}.0.0/16" for i in range(65)), "lists 65 ranges; at most 64"),
+        (c.EXCLUDE_PORTS_ANNOTATION, "5432,0", "'0' is not a port or a range of ports"),
+        (c.EXCLUDE_PORTS_ANNOTATION, "9000-8000", "'9000-8000' is not a port or a range of ports"),
+        (c.EXCLUDE_PORTS_ANNOTATION, "http", "'http' is not a port or a range of ports"),
     ],
 )
 def test_bad_routing_annotations_deny_the_pod_naming_the_value(key: str, value: str, problem: str) -> None:

@@ -6,8 +6,15 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6
 
 import pytest
 
-from tungo_sidecar.config.model import Metadata, Plugin, Service
-from tungo_sidecar.config.tun import TunRoute, TunSettings, parse_tun_settings
+from tungo_sidecar.config.model import Config, Metadata, Plugin, Service
+from tungo_sidecar.config.tun import (
+    MAX_EXCLUDED_PORTS,
+    PortRange,
+    TunRoute,
+    TunSettings,
+    parse_tun_settings,
+    with_pod_overrides,
+)
 from tungo_sidecar.errors import ConfigError
 
 
@@ -192,3 +199,101 @@ def test_exclude_is_tungo_own_listener_key() -> None:
     )
     with pytest.raises(ConfigError, match="tungo: exclude 'pods': expected a CIDR"):
         parse(exclude="pods")
+
+
+def test_exclude_ports_is_tungo_own_listener_key() -> None:
+    s = parse(excludePorts="5432, 8000-8100,53,5432, 9000 - 9001")
+    assert s.excluded_ports == (
+        PortRange(5432, 5432),
+        PortRange(8000, 8100),
+        PortRange(53, 53),
+        PortRange(9000, 9001),
+    )
+    assert [str(r) for r in s.excluded_ports] == ["5432", "8000-8100", "53", "9000-9001"]
+    assert parse().excluded_ports == ()
+
+
+@pytest.mark.parametrize(
+    "listener",
+    [
+        {"excludePorts": [5432, "1-65535"]},  # a YAML list, numbers included
+        {"excludeports": "5432,1-65535"},  # keys are case-insensitive
+        {"tun.excludePorts": "5432,1-65535"},  # GOST's prefix, as for every listener key
+    ],
+)
+def test_exclude_ports_spellings(listener: dict[str, object]) -> None:
+    assert parse(**listener).excluded_ports == (PortRange(5432, 5432), PortRange(1, 65535))
+
+
+def test_exclude_ports_one_yaml_number() -> None:
+    assert parse(excludePorts=5432).excluded_ports == (PortRange(5432, 5432),)
+
+
+def test_exclude_ports_at_most_64_after_duplicates_collapse() -> None:
+    ports = ",".join(str(p) for p in range(1000, 1000 + MAX_EXCLUDED_PORTS))
+    assert len(parse(excludePorts=f"{ports},1000").excluded_ports) == MAX_EXCLUDED_PORTS
+    with pytest.raises(ConfigError, match="tungo: excludePorts: 65 ports or ranges given, at most 64"):
+        parse(excludePorts=f"{ports},9")
+
+
+@pytest.mark.parametrize(
+    ("value", "needle"),
+    [
+        ("postgres", "excludePorts 'postgres': expected a port or a range such as 5432 or 8000-8100"),
+        ("0", "excludePorts '0': ports are 1-65535"),
+        ("65536", "excludePorts '65536': ports are 1-65535"),
+        ("80-70000", "excludePorts '80-70000': ports are 1-65535"),
+        ("8100-8000", "excludePorts '8100-8000': the range's first port is above its last"),
+        ("80-", "excludePorts '80-': expected a port"),
+        ("-80", "excludePorts '-80': expected a port"),
+        ("1-2-3", "excludePorts '1-2-3': expected a port"),
+        ("80:90", "excludePorts '80:90': expected a port"),
+        ("²", "excludePorts '²': expected a port"),
+        ("9" * 40, "expected a port"),
+        (True, "metadata 'excludePorts': expected a list, got True"),
+        ({"a": 1}, "metadata 'excludePorts': expected a list"),
+    ],
+)
+def test_bad_exclude_ports_give_one_clear_line(value: object, needle: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse(excludePorts=value)
+    assert needle in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def _config(**listener: object) -> Config:
+    tun = Service("tun", ":0", Plugin("tungo"), Plugin("tungo", metadata=Metadata(listener)))
+    socks = Service(
+        "socks", ":1080", Plugin("socks5"), Plugin("tcp", metadata=Metadata({"excludePorts": "1"}))
+    )
+    return Config(services=(tun, socks))
+
+
+def test_pod_overrides_add_exclude_ports_to_every_tun_listener() -> None:
+    config = _config(route="0.0.0.0/0", **{"tun.excludePorts": "5432"})
+    out = with_pod_overrides(config, exclude_ports=["8000-8100", "53"])
+    tun, socks = out.services
+    assert dict(tun.listener.metadata.original_items()) == {
+        "route": "0.0.0.0/0",
+        "excludePorts": "5432,8000-8100,53",
+    }
+    assert TunSettings.from_service(tun).excluded_ports == (
+        PortRange(5432, 5432),
+        PortRange(8000, 8100),
+        PortRange(53, 53),
+    )
+    assert socks == config.services[1]  # not a TUN service: untouched
+    # Checked where every listener value is.
+    with pytest.raises(ConfigError, match="excludePorts '70000'"):
+        TunSettings.from_service(with_pod_overrides(config, exclude_ports=["70000"]).services[0])
+
+
+def test_pod_overrides_keep_their_other_behaviour() -> None:
+    config = _config(route="10.0.0.0/8", exclude="10.1.0.0/16", excludePorts=[5432])
+    assert with_pod_overrides(config) is config
+    out = with_pod_overrides(config, exclude=["10.2.0.0/16"], routes=["172.16.0.0/12"])
+    settings = TunSettings.from_service(out.services[0])
+    assert [str(n) for n in settings.excluded] == ["10.1.0.0/16", "10.2.0.0/16"]
+    assert [str(r) for r in settings.routes] == ["172.16.0.0/12"]
+    assert settings.excluded_ports == (PortRange(5432, 5432),)  # no exclude_ports: left as written
+    assert out.services[0].listener.metadata["excludePorts"] == [5432]

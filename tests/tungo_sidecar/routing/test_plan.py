@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tungo_sidecar.config.model import ChainConfig, Hop, Metadata, Node, Plugin
-from tungo_sidecar.config.tun import TunSettings, parse_tun_settings
+from tungo_sidecar.config.tun import PortRange, TunSettings, parse_tun_settings
 from tungo_sidecar.errors import ConfigError
 from tungo_sidecar.proto.address import Address
 from tungo_sidecar.routing import plan as planmod
@@ -57,6 +57,11 @@ CASES = {
         excluded=CLUSTER,  # v4 exclusions are dropped: nothing v4 is captured, T is never consulted for v4
     ),
     "no_routes": lambda: make_plan(settings(), excluded=CLUSTER),
+    "exclude_ports_dual_stack": lambda: make_plan(
+        settings(net="192.168.123.1/24,fd00:7::1/64", route="0.0.0.0/0,::/0", excludePorts="5432,8000-8100"),
+        excluded=CLUSTER,
+        relay_addresses=[IPv4Address("203.0.113.7")],
+    ),
 }
 
 
@@ -186,3 +191,54 @@ def test_relay_hosts_are_every_first_hop_node() -> None:
         ConfigError, match=r"node 'n0' addr 'relay\.example': address 'relay\.example' has no port"
     ):
         relay_hosts(chain("relay.example"))
+
+
+def test_excluded_port_rules_render_like_ip_rule() -> None:
+    rule = AddRule(6, planmod.RULE_PRIORITY_EXCLUDE_PORTS, 254, ip_proto="udp", dport=PortRange(8000, 8100))
+    assert rule.render() == "ip -6 rule add priority 29799 ipproto udp dport 8000-8100 lookup main"
+    static = AddRule(4, 29799, 254, ip_proto="udp", dport=PortRange(53, 53), protocol=planmod.RTPROT_STATIC)
+    assert static.render() == "ip -4 rule add priority 29799 ipproto udp dport 53 lookup main protocol static"
+    assert AddRule(4, 1, 7, protocol=3).render("del") == "ip -4 rule del priority 1 lookup 7 protocol 3"
+    one = AddRule(4, planmod.RULE_PRIORITY_EXCLUDE_PORTS, 254, ip_proto="tcp", dport=PortRange(5432, 5432))
+    assert Undo(one).render() == "ip -4 rule del priority 29799 ipproto tcp dport 5432 lookup main"
+    # Equality covers the selectors: the executor's sweep and idempotence compare rules with ==.
+    assert one != AddRule(
+        4, planmod.RULE_PRIORITY_EXCLUDE_PORTS, 254, ip_proto="udp", dport=PortRange(5432, 5432)
+    )
+    assert one != AddRule(
+        4, planmod.RULE_PRIORITY_EXCLUDE_PORTS, 254, ip_proto="tcp", dport=PortRange(5432, 5433)
+    )
+    assert one != AddRule(4, planmod.RULE_PRIORITY_EXCLUDE_PORTS, 254)
+
+
+def test_excluded_ports_come_before_main_and_capture_per_family() -> None:
+    p = make_plan(settings(net="10.1.0.1/24,fd00::1/64", route="0.0.0.0/0,::/0", excludePorts="53,1-1023"))
+    rules = [op for op in p.operations if isinstance(op, AddRule)]
+    assert [(r.family, r.priority, r.ip_proto, str(r.dport)) for r in rules if r.dport is not None] == [
+        (family, planmod.RULE_PRIORITY_EXCLUDE_PORTS, proto, ports)
+        for family in (4, 6)
+        for ports in ("53", "1-1023")
+        for proto in ("tcp", "udp")
+    ]
+    for family in (4, 6):
+        mine = [r for r in rules if r.family == family]
+        # Every port rule is in place before the family's capture rule (and removed after it).
+        assert [r.priority for r in mine] == [planmod.RULE_PRIORITY_EXCLUDE_PORTS] * 4 + [
+            planmod.RULE_PRIORITY_MAIN,
+            planmod.RULE_PRIORITY_CAPTURE,
+        ]
+    assert planmod.RULE_PRIORITY_EXCLUDE_PORTS < planmod.RULE_PRIORITY_MAIN < planmod.RULE_PRIORITY_CAPTURE
+    for r in rules:
+        if r.dport is not None:
+            # Only "this protocol, these ports, to main": never a port without a protocol (ICMP's type
+            # and code sit where the port would), never a mark, never our table.
+            assert r.ip_proto in ("tcp", "udp") and r.table == planmod.MAIN_TABLE
+            # ... and "protocol static", so deleting it can only ever delete ours.
+            assert r.protocol == planmod.RTPROT_STATIC
+            assert (r.fwmark, r.invert, r.suppress_prefixlength) == (None, False, None)
+
+
+def test_excluded_ports_only_for_captured_families() -> None:
+    p = make_plan(settings(net="fd00::1/64", route="::/0", excludePorts="5432"))
+    assert {op.family for op in p.operations if isinstance(op, AddRule) and op.dport is not None} == {6}
+    assert make_plan(settings(excludePorts="5432")).operations == ()  # nothing captured, nothing to exclude

@@ -517,7 +517,12 @@ def _pod_routing(who: str, annotations: Mapping[str, Any]) -> tuple[str, ...] | 
     denial naming the bad value: a sidecar capturing other than what the pod asked for is worse than
     no pod."""
     args: list[str] = []
-    for key, flag in ((c.EXCLUDE_ANNOTATION, "--exclude"), (c.INCLUDE_ANNOTATION, "--route")):
+    flags = (
+        (c.EXCLUDE_ANNOTATION, "--exclude"),
+        (c.INCLUDE_ANNOTATION, "--route"),
+        (c.EXCLUDE_PORTS_ANNOTATION, "--exclude-ports"),
+    )
+    for key, flag in flags:
         value = annotations.get(key)
         if value is None:
             continue
@@ -530,18 +535,39 @@ def _pod_routing(who: str, annotations: Mapping[str, Any]) -> tuple[str, ...] | 
             problem = "is empty"
         elif len(parts) > MAX_POD_CIDRS:
             problem = f"lists {len(parts)} ranges; at most {MAX_POD_CIDRS}"
-        for part in parts:
-            try:
-                ipaddress.ip_network(part, strict=True)
-            except ValueError as exc:
-                problem = f"{part!r} is not a CIDR ({exc})"
+        check = _bad_port_range if flag == "--exclude-ports" else _bad_cidr
+        for part in parts if problem is None else ():
+            problem = check(part)
+            if problem is not None:
                 break
         if problem is not None:
             return Decision(
                 Verdict.DENY,
                 "annotation-invalid",
-                f"tungo injector: {who}: annotation {key} {problem}: give comma-separated CIDRs such as "
-                f"10.0.0.0/8,fd00::/8{' (or * for everything)' if flag == '--route' else ''}.",
+                f"tungo injector: {who}: annotation {key} {problem}: give {_EXAMPLES[flag]}.",
             )
         args.append(f"{flag}={','.join(parts)}")
     return tuple(args)
+
+
+_EXAMPLES = {
+    "--exclude": "comma-separated CIDRs such as 10.0.0.0/8,fd00::/8",
+    "--route": "comma-separated CIDRs such as 10.0.0.0/8,fd00::/8 (or * for everything)",
+    "--exclude-ports": "comma-separated ports or ranges such as 5432,8000-8100",
+}
+
+
+def _bad_cidr(text: str) -> str | None:
+    try:
+        ipaddress.ip_network(text, strict=True)
+    except ValueError as exc:
+        return f"{text!r} is not a CIDR ({exc})"
+    return None
+
+
+def _bad_port_range(text: str) -> str | None:
+    low, _, high = text.partition("-")
+    ports = (low, high or low)
+    if not all(p.isdigit() and 1 <= int(p) <= 65535 for p in ports) or int(ports[0]) > int(ports[1]):
+        return f"{text!r} is not a port or a range of ports (1-65535, low-high)"
+    return None

@@ -55,6 +55,8 @@ STATUS_ANNOTATION: Final = "tungo.dev/status"
 # (added to the gateway's), and the CIDRs captured instead of the gateway's routes ("*": everything).
 EXCLUDE_ANNOTATION: Final = "tungo.dev/excludeOutboundIPRanges"
 INCLUDE_ANNOTATION: Final = "tungo.dev/includeOutboundIPRanges"
+# Destination ports (``5432``, ``8000-8100``) this pod reaches outside its tunnel, TCP and UDP.
+EXCLUDE_PORTS_ANNOTATION: Final = "tungo.dev/excludeOutboundPorts"
 STATUS_INJECTED: Final = "injected"  # the value of STATUS_ANNOTATION on an injected pod
 
 # On the config Secrets the controller writes: who owns them (a label, so it can be selected on).

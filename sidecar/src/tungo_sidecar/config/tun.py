@@ -2,10 +2,10 @@
 
 Owns the parsing and validation of what go-gost/x ``listener/tungo`` (same keys as ``listener/tun``)
 reads from the listener's metadata — ``name``, ``net``, ``mtu``, ``gw``, ``route``, ``routes``, ``dns``,
-each also accepted with GOST's ``tun.`` prefix — plus the handler's ``udpTimeout`` (alias
-``tungo.udpTimeout``) and the service's ``postUp``/``postDown``/``interface``. The runner calls
-``TunSettings.from_service`` once at start-up; the TUN engine (``tun/``) and the routing plan
-(``routing/plan.py``) read the result and never raw metadata.
+each also accepted with GOST's ``tun.`` prefix (as are tungo's own keys below) — plus the handler's
+``udpTimeout`` (alias ``tungo.udpTimeout``) and the service's ``postUp``/``postDown``/``interface``.
+The runner calls ``TunSettings.from_service`` once at start-up; the TUN engine (``tun/``) and the
+routing plan (``routing/plan.py``) read the result and never raw metadata.
 
 Where GOST silently skips a value it cannot parse (a ``net`` without a prefix, a bad CIDR in ``route``,
 a bad ``dns`` address), we refuse it with one ``ConfigError`` line naming the key and the value: a typo
@@ -14,8 +14,11 @@ must not start a tunnel that captures less than the user asked for. Deliberate d
 address in ``route``/``routes`` is a host route (GOST ignores it for system routes), a gateway must lie
 inside a TUN ``net`` of its family (routes are for capturing traffic into the TUN; a gateway elsewhere
 would send it around the tunnel), ``postUp``/``postDown`` given as one string is one command line,
-and one key is tungo's own: listener ``exclude``, a comma list of CIDRs kept out of the TUN routes
-(the operator renders a TunGateway's ``excludedCIDRs`` into it).
+and two keys are tungo's own: listener ``exclude``, a comma list of CIDRs kept out of the TUN routes
+(the operator renders a TunGateway's ``excludedCIDRs`` into it), and ``excludePorts``, a comma list of
+destination ports or ranges (``5432,8000-8100``) whose TCP and UDP traffic leaves through the pod's
+``main`` table instead of the TUN (as istio's ``excludeOutboundPorts``; ``routing/plan.py`` turns each
+into policy rules).
 
 This module never touches the kernel, the network or the file system.
 """
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import re
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -55,6 +59,13 @@ MIN_MTU_V6 = 1280
 MAX_MTU = 65535
 # Linux IFNAMSIZ is 16 bytes including the terminating NUL.
 MAX_IFNAME = 15
+# Each excluded port range becomes four policy rules (TCP and UDP, IPv4 and IPv6), and the kernel walks
+# the rule list linearly on every route lookup of the pod: a bound keeps that walk short. 64 is far
+# above what such lists hold in practice (istio's excludeOutboundPorts: a handful of database ports).
+MAX_EXCLUDED_PORTS = 64
+MAX_PORT = 65535
+# Digits bounded only so int() never sees an absurd string; the range itself is checked as numbers.
+_PORT_RANGE = re.compile(r"(\d{1,10})(?:\s*-\s*(\d{1,10}))?", re.ASCII)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +77,18 @@ class TunRoute:
 
     def __str__(self) -> str:
         return f"{self.dst} via {self.gateway}" if self.gateway else str(self.dst)
+
+
+@dataclass(frozen=True, slots=True)
+class PortRange:
+    """Destination ports ``first`` to ``last`` inclusive (one port when equal), 1 to 65535."""
+
+    first: int
+    last: int
+
+    def __str__(self) -> str:
+        # ip(8)'s spelling for `dport`, and the listener key's.
+        return str(self.first) if self.first == self.last else f"{self.first}-{self.last}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +106,7 @@ class TunSettings:
     post_down: tuple[str, ...] = ()
     interface: str | None = None
     excluded: tuple[IPNetwork, ...] = ()
+    excluded_ports: tuple[PortRange, ...] = ()
 
     @classmethod
     def from_service(cls, service: Service) -> TunSettings:
@@ -116,6 +140,7 @@ def parse_tun_settings(
     routes = _routes(listener, gateway, nets)
     dns = tuple(_address(text, "dns") for text in _get_list(listener, "dns"))
     excluded = tuple(dict.fromkeys(_network(text, "exclude") for text in _get_list(listener, "exclude")))
+    excluded_ports = _port_ranges(listener, "excludePorts")
     udp_timeout = _udp_timeout(handler)
     post_up = _commands(service, "postUp")
     post_down = _commands(service, "postDown")
@@ -135,6 +160,7 @@ def parse_tun_settings(
         post_down=post_down,
         interface=interface,
         excluded=excluded,
+        excluded_ports=excluded_ports,
     )
 
 
@@ -241,6 +267,37 @@ def _network(text: str, key: str) -> IPNetwork:
         raise ConfigError(f"tungo: {key} {text!r}: expected a CIDR such as 10.0.0.0/8") from None
 
 
+def _port_ranges(md: Metadata, key: str) -> tuple[PortRange, ...]:
+    """``5432,8000-8100`` (or a YAML list, or one number) as ranges; exact duplicates collapse."""
+    ranges: list[PortRange] = []
+    for text in _listed_ports(md, key):
+        match = _PORT_RANGE.fullmatch(text)
+        if match is None:
+            raise ConfigError(f"tungo: {key} {text!r}: expected a port or a range such as 5432 or 8000-8100")
+        first = int(match.group(1))
+        last = int(match.group(2) or first)
+        if not 1 <= first <= MAX_PORT or not 1 <= last <= MAX_PORT:
+            raise ConfigError(f"tungo: {key} {text!r}: ports are 1-{MAX_PORT}")
+        if first > last:
+            raise ConfigError(f"tungo: {key} {text!r}: the range's first port is above its last")
+        port_range = PortRange(first, last)
+        if port_range not in ranges:
+            ranges.append(port_range)
+    if len(ranges) > MAX_EXCLUDED_PORTS:
+        raise ConfigError(f"tungo: {key}: {len(ranges)} ports or ranges given, at most {MAX_EXCLUDED_PORTS}")
+    return tuple(ranges)
+
+
+def _listed_ports(md: Metadata, key: str) -> tuple[str, ...]:
+    for candidate in (key, f"tun.{key}"):
+        value = md.get(candidate)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return (str(value),)  # `excludePorts: 5432` in YAML is a number, not a list
+        if candidate in md:
+            return tuple(item.strip() for item in md.get_list(candidate) if item.strip())
+    return ()
+
+
 def _routes(md: Metadata, gateway: IPAddress | None, nets: tuple[IPInterface, ...]) -> tuple[TunRoute, ...]:
     routes: list[TunRoute] = []
     for text in _get_list(md, "route"):
@@ -321,31 +378,46 @@ def split_command(line: str) -> list[str]:
     return argv
 
 
-def with_pod_overrides(config: Config, *, exclude: Sequence[str] = (), routes: Sequence[str] = ()) -> Config:
-    """``config`` with every TUN service's listener changed by the CLI's ``--exclude``/``--route``.
+def with_pod_overrides(
+    config: Config,
+    *,
+    exclude: Sequence[str] = (),
+    routes: Sequence[str] = (),
+    exclude_ports: Sequence[str] = (),
+) -> Config:
+    """``config`` with every TUN service's listener changed by the CLI's ``--exclude``/``--route``/
+    ``--exclude-ports``.
 
     tungo's own flags, for what differs per pod while the config Secret is shared by every pod of a
     gateway (the webhook turns a pod's ``tungo.dev/excludeOutboundIPRanges`` and
     ``tungo.dev/includeOutboundIPRanges`` annotations into them): ``exclude`` CIDRs are added to the
-    listener's ``exclude``; ``routes``, when given, replace its ``route``/``routes``. The values are
+    listener's ``exclude``; ``routes``, when given, replace its ``route``/``routes``; ``exclude_ports``
+    (ports or ranges, ``"5432"``, ``"8000-8100"``) are added to its ``excludePorts``. The values are
     checked where every listener value is, in ``parse_tun_settings``.
     """
-    if not exclude and not routes:
+    if not exclude and not routes and not exclude_ports:
         return config
     services = []
     for service in config.services:
         if service.listener.type != TUN_TYPE:
             services.append(service)
             continue
-        items = dict(service.listener.metadata.original_items())
+        md = service.listener.metadata
+        items = dict(md.original_items())
         for key in list(items):
             lowered = key.lower().removeprefix("tun.")
-            if (lowered == "exclude" and exclude) or (lowered in ("route", "routes") and routes):
+            if (
+                (lowered == "exclude" and exclude)
+                or (lowered in ("route", "routes") and routes)
+                or (lowered == "excludeports" and exclude_ports)
+            ):
                 del items[key]
         if exclude:
-            items["exclude"] = ",".join([*_get_list(service.listener.metadata, "exclude"), *exclude])
+            items["exclude"] = ",".join([*_get_list(md, "exclude"), *exclude])
         if routes:
             items["route"] = ",".join(routes)
+        if exclude_ports:
+            items["excludePorts"] = ",".join([*_listed_ports(md, "excludePorts"), *exclude_ports])
         listener = dataclasses.replace(service.listener, metadata=Metadata(items))
         services.append(dataclasses.replace(service, listener=listener))
     return dataclasses.replace(config, services=tuple(services))

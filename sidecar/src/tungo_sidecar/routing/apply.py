@@ -12,10 +12,16 @@ have no replace in netlink, so they are added with NLM_F_EXCL and EEXIST means "
 kernel compares every field, so this is exactly our rule). Each step records whether it found the
 kernel already in that state, which tells a restart from a first start in the logs.
 
+A kernel older than 4.17 does not know the ``ipproto``/``dport`` selectors of the excluded ports' rules
+and drops them without an error, which would leave a bare ``lookup main`` in front of the capture: the
+TUN would capture nothing. So the first such rule of each family is read back before the plan goes on
+(before that family's capture rule exists); without its selectors it is a TunError, rolled back.
+
 A restart may also come with a *different* plan (the config changed while the sidecar was down): the
 table is ours alone, so before applying, every route in it and every rule at our priorities that the
 new plan does not contain is removed ("swept") — otherwise a stale ``unreachable`` twin would keep
-blocking a destination the new config no longer captures.
+blocking a destination the new config no longer captures. Only rules shaped like ours count: a rule with
+a selector we never write (a source, an interface, a source port...) belongs to someone else.
 
 ``teardown`` removes exactly what an ``apply_plan`` reported, in reverse, treating "already gone"
 (ESRCH/ENOENT: e.g. the TUN vanished and took its routes with it) as success. A failure in the middle of
@@ -26,6 +32,7 @@ blocking a destination the new config no longer captures.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import logging
 import os
@@ -39,15 +46,20 @@ from typing import Any, Literal
 from pyroute2 import IPRoute, NetNS
 from pyroute2.netlink.exceptions import NetlinkError
 
+from tungo_sidecar.config.tun import PortRange
 from tungo_sidecar.errors import TunError
 from tungo_sidecar.proto.address import Address
 from tungo_sidecar.routing.plan import (
+    MAIN_TABLE,
+    RTPROT_STATIC,
     RULE_PRIORITY_CAPTURE,
+    RULE_PRIORITY_EXCLUDE_PORTS,
     RULE_PRIORITY_MAIN,
     AddRoute,
     AddRule,
     Family,
     IPAddress,
+    IPProto,
     Operation,
     Plan,
     RouteType,
@@ -60,10 +72,27 @@ _AF = {4: 2, 6: 10}  # AF_INET, AF_INET6: netlink wants the numbers.
 _FIB_RULE_INVERT = 0x2
 _FULL_MASK = 0xFFFFFFFF
 # Routes we write carry "proto static" (RTPROT_STATIC), as `ip route` does for routes added by hand.
-_RTPROT_STATIC = 4
+_RTPROT_STATIC = RTPROT_STATIC
 _RT_SCOPE_LINK = 253
 _RT_SCOPE_NOWHERE = 255
 _GONE = (errno.ESRCH, errno.ENOENT)
+_IPPROTO: dict[IPProto, int] = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
+_IPPROTO_NAMES: dict[int, IPProto] = {number: name for name, number in _IPPROTO.items()}
+_FR_ACT_TO_TBL = 1  # "lookup T", the only action our rules have
+# Rule selectors we never write: a rule carrying one is someone else's, even at our priorities.
+_FOREIGN_SELECTORS = (
+    "FRA_SRC",
+    "FRA_DST",
+    "FRA_IIFNAME",
+    "FRA_OIFNAME",
+    "FRA_GOTO",
+    "FRA_FLOW",
+    "FRA_TUN_ID",
+    "FRA_SUPPRESS_IFGROUP",
+    "FRA_L3MDEV",
+    "FRA_UID_RANGE",
+    "FRA_SPORT_RANGE",
+)
 # Where `ip netns add` (and pyroute2) keep named namespaces.
 _NETNS_RUN_DIR = "/run/netns"
 
@@ -122,16 +151,20 @@ def apply_plan(plan: Plan, ipr: Any) -> Applied:
         log.info("routing: removed a stale leftover: %s", line)
     done: list[Step] = []
     ifindex: dict[str, int] = {}
+    confirmed: set[Family] = set()  # families whose port rules were read back with their selectors
     for op in plan.operations:
         try:
             outcome = _apply_route(ipr, op, ifindex) if isinstance(op, AddRoute) else _apply_rule(ipr, op)
+            done.append(Step(op, outcome))  # before the check: a rule that fails it is undone too
+            if isinstance(op, AddRule) and op.dport is not None and op.family not in confirmed:
+                _confirm_selectors(ipr, op)
+                confirmed.add(op.family)
         except (NetlinkError, OSError, TunError) as exc:
             undo_errors = _undo(ipr, done)
             what = op.render()
             detail = exc if isinstance(exc, TunError) else _describe(exc)
             extra = f"; rollback also failed: {'; '.join(undo_errors)}" if undo_errors else ""
             raise TunError(f"routing: {what}: {detail}{extra}") from exc
-        done.append(Step(op, outcome))
     applied = Applied(tuple(done), tuple(swept))
     if applied.leftovers:
         log.info(
@@ -249,6 +282,14 @@ def _rule_args(op: AddRule) -> dict[str, Any]:
     if op.suppress_prefixlength is not None:
         # pyroute2 spells the attribute "suppress_prefixlen"; its "suppress_prefixlength" alias drops a 0.
         args["suppress_prefixlen"] = op.suppress_prefixlength
+    # FRA_IP_PROTO and FRA_DPORT_RANGE; pyroute2 encodes a port range from "FIRST:LAST" (not "-").
+    if op.ip_proto is not None:
+        args["ip_proto"] = _IPPROTO[op.ip_proto]
+    if op.dport is not None:
+        args["dport_range"] = f"{op.dport.first}:{op.dport.last}"
+    if op.protocol is not None:
+        # FRA_PROTOCOL: on a delete, it keeps the kernel from taking someone else's rule for ours.
+        args["protocol"] = op.protocol
     return args
 
 
@@ -260,6 +301,19 @@ def _apply_rule(ipr: Any, op: AddRule) -> Outcome:
             return "already present"
         raise
     return "added"
+
+
+def _confirm_selectors(ipr: Any, op: AddRule) -> None:
+    """TunError unless the kernel holds ``op`` with every selector (Linux < 4.17 silently drops them).
+
+    The protocol does not count: an identical rule someone else added makes ours "already present"
+    (the kernel's duplicate check ignores it), and its selectors are in place all the same."""
+    wanted = dataclasses.replace(op, protocol=None)
+    found = (_rule_from_msg(op.family, msg) for msg in ipr.get_rules(family=_AF[op.family]))
+    if not any(rule is not None and dataclasses.replace(rule, protocol=None) == wanted for rule in found):
+        raise TunError(
+            "the kernel dropped the rule's ipproto/dport selectors (excludePorts needs Linux 4.17 or later)"
+        )
 
 
 _RTN_NAMES: dict[int, RouteType] = {1: "unicast", 7: "unreachable", 9: "throw"}
@@ -275,10 +329,8 @@ def _sweep(ipr: Any, plan: Plan) -> list[str]:
     for family in families:
         for msg in ipr.get_rules(family=_AF[family]):
             rule = _rule_from_msg(family, msg)
-            if rule is None or rule in wanted_rules:
+            if rule is None or rule in wanted_rules or not _shaped_like_ours(rule, plan.table):
                 continue
-            if rule.table != plan.table and rule.suppress_prefixlength is None:
-                continue  # at our priority but not shaped like ours: not ours to remove
             _delete(ipr, rule)
             swept.append(rule.render("del"))
     for family in families:
@@ -291,20 +343,62 @@ def _sweep(ipr: Any, plan: Plan) -> list[str]:
     return swept
 
 
+def _shaped_like_ours(rule: AddRule, table: int) -> bool:
+    """At one of our priorities and built like a rule some plan of ours makes (for the sweep)."""
+    if rule.priority == RULE_PRIORITY_EXCLUDE_PORTS:
+        return (
+            rule.table == MAIN_TABLE
+            and rule.ip_proto is not None
+            and rule.dport is not None
+            and rule.fwmark is None
+            and not rule.invert
+            and rule.suppress_prefixlength is None
+            and rule.protocol == RTPROT_STATIC
+        )
+    return rule.table == table or rule.suppress_prefixlength is not None
+
+
 def _rule_from_msg(family: Family, msg: Any) -> AddRule | None:
+    """The kernel's rule as an AddRule, or None: not at our priorities, or with selectors we never use."""
     priority = msg.get_attr("FRA_PRIORITY")
-    if priority not in (RULE_PRIORITY_MAIN, RULE_PRIORITY_CAPTURE):
+    if priority not in (RULE_PRIORITY_EXCLUDE_PORTS, RULE_PRIORITY_MAIN, RULE_PRIORITY_CAPTURE):
         return None
+    if (
+        msg["action"] != _FR_ACT_TO_TBL
+        or msg["src_len"]
+        or msg["dst_len"]
+        or msg["tos"]
+        or any(msg.get_attr(name) is not None for name in _FOREIGN_SELECTORS)
+    ):
+        return None
+    fwmark = msg.get_attr("FRA_FWMARK")
+    if fwmark is not None and msg.get_attr("FRA_FWMASK") not in (None, _FULL_MASK):
+        return None  # a masked mark: ours always match the whole mark
+    proto_number = msg.get_attr("FRA_IP_PROTO")
+    ip_proto = _IPPROTO_NAMES.get(proto_number) if proto_number else None
+    if proto_number and ip_proto is None:
+        return None  # a protocol we never exclude (sctp, icmp...)
     table = msg.get_attr("FRA_TABLE") or msg["table"]
     suppress = msg.get_attr("FRA_SUPPRESS_PREFIXLEN")
     return AddRule(
         family,
         int(priority),
         int(table),
-        fwmark=msg.get_attr("FRA_FWMARK"),
+        fwmark=fwmark,
         invert=bool(msg["flags"] & _FIB_RULE_INVERT),
         suppress_prefixlength=None if suppress in (None, _NO_SUPPRESS) else int(suppress),
+        ip_proto=ip_proto,
+        dport=_port_range(msg.get_attr("FRA_DPORT_RANGE")),
+        protocol=msg.get_attr("FRA_PROTOCOL") or None,
     )
+
+
+def _port_range(value: str | None) -> PortRange | None:
+    # pyroute2 decodes FRA_DPORT_RANGE as "FIRST:LAST".
+    if value is None:
+        return None
+    first, _, last = value.partition(":")
+    return PortRange(int(first), int(last or first))
 
 
 def _route_from_msg(family: Family, msg: Any, table: int) -> AddRoute | None:

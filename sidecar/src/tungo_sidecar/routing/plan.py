@@ -22,6 +22,16 @@ How a plan captures traffic without looping (DESIGN.md §3 "Loop avoidance"):
 * Excluded CIDRs (cluster pod/service ranges, node-local DNS) and the relay server's own addresses are
   ``throw`` routes in ``T``: the lookup in ``T`` stops there and continues with the next rule, i.e. the
   pod's ``main`` table. They carry the lowest metric so that, for the very same prefix, the exclusion wins.
+* Excluded destination ports (``excludePorts``) cannot be routes: a route knows no ports. They are
+  policy rules ``ipproto tcp|udp dport LO-HI lookup main`` (Linux ≥ 4.17), one per protocol and family,
+  just before the two rules above: a packet to such a port takes ``main`` as a whole, default route
+  included, exactly as if tungo were not there. They cannot take anything else: ``ipproto`` is always
+  set (a rule with ``dport`` alone would also match ICMP, whose type and code the kernel keeps where a
+  port would be), and a destination that ``main`` has no route for falls through to the next rule as
+  before. tungo's own marked sockets end in ``main`` either way, so for them the rules change nothing.
+  They carry ``protocol static`` (as our routes do): the kernel deletes the *first* rule matching the
+  fields a request gives, treating the others as wildcards, so without it removing ours could remove
+  someone else's ``from X ipproto tcp dport N lookup main`` at the same priority instead.
 
 Fail closed (DESIGN.md §3 "Fail closed"): each captured route has an ``unreachable`` twin in ``T`` with a
 higher metric. While tungo runs, the route through the TUN wins; when the TUN disappears (tungo killed,
@@ -42,7 +52,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_net
 from typing import Literal
 
 from tungo_sidecar.config.model import ChainConfig
-from tungo_sidecar.config.tun import TunSettings
+from tungo_sidecar.config.tun import PortRange, TunSettings
 from tungo_sidecar.errors import ConfigError
 from tungo_sidecar.proto.address import Address
 
@@ -50,6 +60,7 @@ IPAddress = IPv4Address | IPv6Address
 IPNetwork = IPv4Network | IPv6Network
 Family = Literal[4, 6]
 RouteType = Literal["unicast", "unreachable", "throw"]
+IPProto = Literal["tcp", "udp"]
 
 # The fwmark on every socket tungo opens itself (SO_MARK). 0x7475 is "tu" in ASCII: unlikely to collide
 # with marks other tools in a pod set (Istio uses 0x539, Calico and Cilium use high or masked bits).
@@ -60,7 +71,10 @@ FWMARK = 0x7475
 # CNI plugins and VPN tools allocate.
 TABLE = 0x7475
 # Rule priorities: after the local table (0) so local delivery always wins, before main (32766) so the
-# capture is consulted first; the "main without its default" rule must come right before the capture.
+# capture is consulted first; the "main without its default" rule must come right before the capture,
+# and the excluded ports' "main for these ports" rules right before both (one priority for all of
+# them: whichever matches sends the packet to the same table, so their order does not matter).
+RULE_PRIORITY_EXCLUDE_PORTS = 29799
 RULE_PRIORITY_MAIN = 29800
 RULE_PRIORITY_CAPTURE = 29801
 # Route metrics inside TABLE: exclusions (throw) win ties, then the TUN route, then its fail-closed
@@ -69,8 +83,13 @@ RULE_PRIORITY_CAPTURE = 29801
 METRIC_EXCLUDE = 1
 METRIC_CAPTURE = 100
 METRIC_FAIL_CLOSED = 65535
-_MAIN_TABLE = 254
+MAIN_TABLE = 254
+# RTPROT_STATIC, "protocol static": what ip(8) calls routes and rules added by an administrator. On the
+# excluded ports' rules it makes a delete request match ours only (see the module docstring).
+RTPROT_STATIC = 4
 _RESERVED_TABLES = (0, 253, 254, 255)
+# Both transports a pod's applications use; the TUN engine captures exactly these two as well.
+_EXCLUDED_PORT_PROTOS: tuple[IPProto, ...] = ("tcp", "udp")
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +122,8 @@ class AddRoute:
 
 @dataclass(frozen=True, slots=True)
 class AddRule:
-    """A policy rule: ``[not] fwmark M lookup T`` or ``lookup main suppress_prefixlength N``."""
+    """A policy rule: ``[not] fwmark M lookup T``, ``lookup main suppress_prefixlength N`` or
+    ``ipproto P dport LO-HI lookup main``."""
 
     family: Family
     priority: int
@@ -111,6 +131,9 @@ class AddRule:
     fwmark: int | None = None
     invert: bool = False
     suppress_prefixlength: int | None = None
+    ip_proto: IPProto | None = None
+    dport: PortRange | None = None
+    protocol: int | None = None  # who installed it (FRA_PROTOCOL); None is the kernel's 0, "unspec"
 
     def render(self, verb: str = "add") -> str:
         words = [f"ip -{self.family} rule {verb} priority {self.priority}"]
@@ -118,9 +141,15 @@ class AddRule:
             words.append("not")
         if self.fwmark is not None:
             words.append(f"fwmark {self.fwmark:#x}")
-        words.append("lookup " + ("main" if self.table == _MAIN_TABLE else str(self.table)))
+        if self.ip_proto is not None:
+            words.append(f"ipproto {self.ip_proto}")
+        if self.dport is not None:
+            words.append(f"dport {self.dport}")
+        words.append("lookup " + ("main" if self.table == MAIN_TABLE else str(self.table)))
         if self.suppress_prefixlength is not None:
             words.append(f"suppress_prefixlength {self.suppress_prefixlength}")
+        if self.protocol is not None:
+            words.append("protocol " + ("static" if self.protocol == RTPROT_STATIC else str(self.protocol)))
         return " ".join(words)
 
 
@@ -140,7 +169,8 @@ class Undo:
 @dataclass(frozen=True, slots=True)
 class Plan:
     """Operations in the order to apply them. Routes first, rules last: the table is complete
-    (fail-closed twins and exclusions included) before any traffic is steered into it."""
+    (fail-closed twins and exclusions included) before any traffic is steered into it; within a family,
+    the excluded ports' rules come before the capture rule, so those ports are never captured."""
 
     operations: tuple[Operation, ...]
     fwmark: int = FWMARK
@@ -170,8 +200,9 @@ def make_plan(
 
     ``excluded``: CIDRs that always bypass the TUN (cluster ranges, node-local DNS), added to the
     listener's own ``exclude`` (``settings.excluded``). ``relay_addresses``:
-    the resolved addresses of the chain's first hop, which bypass it too. Both only matter for the
-    families that have captured routes. ConfigError on a bad mark, table or CIDR.
+    the resolved addresses of the chain's first hop, which bypass it too. Both, like the listener's
+    ``excludePorts`` (``settings.excluded_ports``), only matter for the families that have captured
+    routes. ConfigError on a bad mark, table or CIDR.
     """
     if not 0 < fwmark <= 0xFFFFFFFF:
         raise ConfigError(f"routing: fwmark {fwmark:#x}: must be a non-zero 32-bit value")
@@ -193,7 +224,19 @@ def make_plan(
     ]
     rules: list[AddRule] = []
     for family in sorted(families):
-        rules.append(AddRule(family, RULE_PRIORITY_MAIN, _MAIN_TABLE, suppress_prefixlength=0))
+        for ports in settings.excluded_ports:
+            rules.extend(
+                AddRule(
+                    family,
+                    RULE_PRIORITY_EXCLUDE_PORTS,
+                    MAIN_TABLE,
+                    ip_proto=proto,
+                    dport=ports,
+                    protocol=RTPROT_STATIC,
+                )
+                for proto in _EXCLUDED_PORT_PROTOS
+            )
+        rules.append(AddRule(family, RULE_PRIORITY_MAIN, MAIN_TABLE, suppress_prefixlength=0))
         rules.append(AddRule(family, RULE_PRIORITY_CAPTURE, table, fwmark=fwmark, invert=True))
     return Plan((*fail_closed, *throws, *captures, *rules), fwmark=fwmark, table=table)
 

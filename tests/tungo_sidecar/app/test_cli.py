@@ -16,6 +16,7 @@ import pytest
 from tungo_sidecar import __version__
 from tungo_sidecar.app import cli
 from tungo_sidecar.config.model import Config
+from tungo_sidecar.config.tun import TunSettings
 from tungo_sidecar.config.url import build_config
 from tungo_sidecar.config.yaml_io import dump, load
 from tungo_sidecar.errors import ConfigError, DialError
@@ -270,3 +271,32 @@ def test_sighup_is_a_logged_no_op_and_sigterm_still_stops(tmp_path: Path) -> Non
             proc.wait(5)
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def test_per_pod_exclude_and_route_flags_change_every_tun_service_only() -> None:
+    invocation = cli.parse(
+        [
+            "-L", "tungo://:0?name=tungo&net=192.168.123.1/24&route=10.0.0.0/8&exclude=10.1.0.0/16",
+            "-L", "socks5://:1080",
+            "--exclude", "10.2.0.0/16,fd00:2::/64", "--exclude", "192.0.2.0/24",
+            "--route", "0.0.0.0/0,::/0",
+            "--exclude-ports", "5432", "--exclude-ports", "8000-8100",
+        ]
+    )  # fmt: skip
+    assert invocation is not None
+    tun_service, socks = invocation.config.services
+    settings = TunSettings.from_service(tun_service)
+    assert [str(n) for n in settings.excluded] == [
+        "10.1.0.0/16",
+        "10.2.0.0/16",
+        "fd00:2::/64",
+        "192.0.2.0/24",
+    ]
+    assert [str(r) for r in settings.routes] == ["0.0.0.0/0", "::/0"]  # replaced, not added
+    assert [(p.first, p.last) for p in settings.excluded_ports] == [(5432, 5432), (8000, 8100)]
+    assert "exclude" not in socks.listener.metadata
+    # A bad value is the usual one-line config error, naming the key it became.
+    bad = cli.parse(["-L", "tungo://:0?net=192.168.123.1/24", "--exclude", "10.0.0.1/8x"])
+    assert bad is not None
+    with pytest.raises(ConfigError, match="exclude"):
+        TunSettings.from_service(bad.config.services[0])

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TextIO, cast
 
 from tungo_sidecar import __version__
-from tungo_sidecar.config import bounded, url, yaml_io
+from tungo_sidecar.config import bounded, tun, url, yaml_io
 from tungo_sidecar.config.model import Config
 from tungo_sidecar.config.validate import check_host, parse_port, quote, split_host_port, validate
 from tungo_sidecar.errors import ConfigError, TungoError
@@ -116,6 +116,30 @@ def _parser() -> argparse.ArgumentParser:
         metavar="ADDR",
         help="serve /healthz and /readyz on ADDR ([host]:port, e.g. :9190)",
     )
+    parser.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="CIDRS",
+        help="tungo's own: CIDRs added to every TUN service's exclude (comma list, repeatable; the "
+        "injected sidecar gets a pod's tungo.dev/excludeOutboundIPRanges here)",
+    )
+    parser.add_argument(
+        "--route",
+        action="append",
+        default=[],
+        metavar="CIDRS",
+        help="tungo's own: CIDRs that replace every TUN service's routes (comma list, repeatable; "
+        "from a pod's tungo.dev/includeOutboundIPRanges)",
+    )
+    parser.add_argument(
+        "--exclude-ports",
+        action="append",
+        default=[],
+        metavar="PORTS",
+        help="tungo's own: destination ports or ranges (5432,8000-8100) whose TCP and UDP traffic stays "
+        "off every TUN service (repeatable; from a pod's tungo.dev/excludeOutboundPorts)",
+    )
     return parser
 
 
@@ -153,11 +177,20 @@ def _read_config(source: str, stdin: TextIO) -> Config:
     return yaml_io.load(Path(source), check=False)
 
 
+def _split(values: Sequence[str]) -> list[str]:
+    return [part.strip() for value in values for part in value.split(",") if part.strip()]
+
+
 def build(args: argparse.Namespace, stdin: TextIO | None = None) -> Invocation:
     """The validated ``Invocation`` for parsed arguments; ConfigError on the first problem."""
     parts = [_read_config(source, stdin or sys.stdin) for source in args.configs]
     parts.append(url.build_config(args.services, args.nodes, check=False))
-    config = validate(yaml_io.merge(*parts))
+    config = tun.with_pod_overrides(
+        validate(yaml_io.merge(*parts)),
+        exclude=_split(args.exclude),
+        routes=_split(args.route),
+        exclude_ports=_split(args.exclude_ports),
+    )
     health = parse_health(args.health) if args.health is not None else None
     if args.output is None and not config.services:
         raise ConfigError("nothing to run: give a service with -L, or a config with -C (see --help)")

@@ -29,6 +29,7 @@ import kmock
 import kopf
 import pytest
 import yaml
+from gateway_status import ready_status
 from kmock._internal import parsing
 
 from tungo_operator.injection import sidecar
@@ -114,24 +115,6 @@ class Webhook:
 
 def namespace(name: str, **labels: str) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}
-
-
-def ready_status(
-    status: str = "True",
-    reason: str = "ConfigRendered",
-    message: str = "config rendered",
-    generation: int = 1,
-) -> dict[str, Any]:
-    """A TunGateway ``status`` as the controller writes it (kmock runs no controller: tests write it)."""
-    condition = {
-        "type": "Ready",
-        "status": status,
-        "reason": reason,
-        "message": message,
-        "lastTransitionTime": "2025-01-01T00:00:00Z",
-        "observedGeneration": generation,
-    }
-    return {"observedGeneration": generation, "conditions": [condition]}
 
 
 def gateway(

@@ -11,6 +11,7 @@ from typing import Any
 import jsonpatch
 import pytest
 import yaml
+from gateway_status import ready_status as ready
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -23,24 +24,6 @@ HERE = Path(__file__).parent
 PODS = HERE / "pods"
 GOLDEN = HERE / "golden"
 SETTINGS = sidecar.SidecarSettings(image="ghcr.io/kube-tungo/kube-tungo:0.1.0")
-
-
-def ready(
-    status: str = "True",
-    reason: str = "ConfigRendered",
-    message: str = "config rendered",
-    generation: int = 1,
-) -> dict[str, Any]:
-    """A TunGateway ``status`` as handlers.controller writes it (reconcile.ready_condition)."""
-    condition = {
-        "type": "Ready",
-        "status": status,
-        "reason": reason,
-        "message": message,
-        "lastTransitionTime": "2025-01-01T00:00:00Z",
-        "observedGeneration": generation,
-    }
-    return {"observedGeneration": generation, "conditions": [condition]}
 
 
 READY = ready()

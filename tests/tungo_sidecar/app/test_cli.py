@@ -300,3 +300,28 @@ def test_per_pod_exclude_and_route_flags_change_every_tun_service_only() -> None
     assert bad is not None
     with pytest.raises(ConfigError, match="exclude"):
         TunSettings.from_service(bad.config.services[0])
+
+
+# -- process limits (issue 12, item 2) ------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _no_process_wide_changes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process runs of ``main`` must not freeze the test process's heap or raise its limits."""
+    monkeypatch.setattr(cli.alloc, "freeze_startup", lambda: None)
+    monkeypatch.setattr(cli, "raise_nofile_limit", lambda: 0)
+
+
+@pytest.mark.parametrize(("limit", "raised"), [((64, 4096), 4096), ((64, 64), 64)])
+def test_the_soft_open_file_limit_is_raised_to_the_hard_one(limit: tuple[int, int], raised: int) -> None:
+    # Go raises it at start for GOST; a container's 1024 soft limit would cap a proxy at ~500 sessions.
+    # (The child sets its starting limit itself: a preexec_fn would fork this whole test process.)
+    code = (
+        f"import resource; resource.setrlimit(resource.RLIMIT_NOFILE, {limit!r}); "
+        "from tungo_sidecar.app.cli import raise_nofile_limit; "
+        "print(raise_nofile_limit(), *resource.getrlimit(resource.RLIMIT_NOFILE))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True
+    )
+    assert result.stdout.split() == [str(raised), str(raised), str(limit[1])]

@@ -3,10 +3,9 @@
 
 from __future__ import annotations
 
-import os
+import resource
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -16,8 +15,8 @@ from tungo_sidecar.config import bounded, yaml_io
 from tungo_sidecar.errors import ConfigError
 
 TUNGO = Path(sys.executable).with_name("tungo")
-#: What a tungo process that parsed nothing big may reach (the interpreter and imports: ~60 MB).
-RSS_CEILING_KIB = 200 * 1024
+#: The heap a tungo process that parsed nothing big may have (the interpreter and imports need ~60 MB).
+DATA_CAP = 256 * 1024 * 1024
 
 LAUGHS = "\n".join(
     [
@@ -45,28 +44,20 @@ HOSTILE = {
 }
 
 
-def run_tungo(*args: str) -> tuple[subprocess.CompletedProcess[str], float, int]:
-    """The CLI as a subprocess: its result, wall time, and ITS peak RSS in KiB (``wait4`` reports the
-    one child's usage; RUSAGE_CHILDREN would be the largest of every child this test run has reaped)."""
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        started = time.monotonic()
-        proc = subprocess.Popen([str(TUNGO), *args], stdout=out, stderr=err, text=True)
-        deadline = started + 30
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() > deadline:
-                proc.kill()
-                pid, status, usage = os.wait4(proc.pid, 0)
-                break
-            time.sleep(0.01)
-        seconds = time.monotonic() - started
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        result = subprocess.CompletedProcess(proc.args, proc.returncode, out.read(), err.read())
-    return result, seconds, usage.ru_maxrss
+def _memory_cap() -> None:
+    # The child may not grow its heap past the cap: a parser that expands or buffers without bound
+    # dies with MemoryError (a traceback, exit 1) instead of passing. Measured: ~35 MB peak RSS here.
+    # (ru_maxrss cannot tell: Linux carries the forking test process's high-water mark across exec.)
+    resource.setrlimit(resource.RLIMIT_DATA, (DATA_CAP, DATA_CAP))
+
+
+def run_tungo(*args: str) -> tuple[subprocess.CompletedProcess[str], float]:
+    """The CLI as a subprocess under a heap cap: its result and wall time."""
+    started = time.monotonic()
+    result = subprocess.run(
+        [str(TUNGO), *args], capture_output=True, text=True, timeout=30, check=False, preexec_fn=_memory_cap
+    )
+    return result, time.monotonic() - started
 
 
 @pytest.mark.parametrize("name", sorted(HOSTILE))
@@ -74,12 +65,11 @@ def test_hostile_config_is_one_line_exit_2_fast_and_small(tmp_path: Path, name: 
     text, expected = HOSTILE[name]
     path = tmp_path / ("config.json" if text.startswith("{") else "config.yaml")
     path.write_text(text)
-    result, seconds, peak_kib = run_tungo("-C", str(path))
+    result, seconds = run_tungo("-C", str(path))
     assert result.returncode == 2, result.stderr[-2000:]
     assert result.stderr.startswith("tungo: error: ") and result.stderr.count("\n") == 1, result.stderr
     assert expected in result.stderr and "Traceback" not in result.stderr
     assert seconds < 5.0  # bounded: the checks run before the expensive step (typically ~0.3 s here)
-    assert peak_kib < RSS_CEILING_KIB, peak_kib
 
 
 @pytest.mark.parametrize("source", ["/dev/zero", "big"])
@@ -88,9 +78,9 @@ def test_endless_or_huge_input_stops_at_the_size_limit(tmp_path: Path, source: s
         path = tmp_path / "big.yaml"
         path.write_text("# padding\n" * (bounded.MAX_BYTES // 10 + 1))
         source = str(path)
-    result, seconds, peak_kib = run_tungo("-C", source)
+    result, seconds = run_tungo("-C", source)
     assert result.returncode == 2 and "larger than 4 MiB: not a config file" in result.stderr, result.stderr
-    assert seconds < 5.0 and peak_kib < RSS_CEILING_KIB
+    assert seconds < 5.0
 
 
 def test_aliases_and_merge_keys_a_real_config_uses_still_work() -> None:

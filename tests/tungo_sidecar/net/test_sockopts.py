@@ -1,9 +1,12 @@
-"""Socket creation: marks and interface binding before connect, clear dial errors, the TCP listener."""
+"""Socket creation: marks and interface binding before connect, clear dial errors, the TCP listeners
+(asyncio's ``serve_tcp`` and tungo's own ``listen_tcp``: caps, accept back-off, drain)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import logging
 import socket
 import struct
 import time
@@ -11,7 +14,16 @@ import time
 import pytest
 
 from tungo_sidecar.errors import DialError
-from tungo_sidecar.net.sockopts import ChunkReader, apply_sockopts, open_tcp, open_udp, serve_tcp
+from tungo_sidecar.net import sockopts
+from tungo_sidecar.net.sockopts import (
+    ChunkReader,
+    TCPListener,
+    apply_sockopts,
+    listen_tcp,
+    open_tcp,
+    open_udp,
+    serve_tcp,
+)
 from tungo_sidecar.net.stream import SocketStream
 from tungo_sidecar.proto.address import Address
 
@@ -267,3 +279,175 @@ async def test_chunk_reader_reports_a_reset() -> None:
         assert isinstance(stream.reader.exception(), ConnectionResetError)
         done.set()
         await stream.close()
+
+
+# --- listen_tcp: tungo's own accept loop -------------------------------------------------------------
+
+
+async def _echo(stream: SocketStream) -> None:
+    while data := await stream.read():
+        await stream.write(data)
+
+
+async def _refused_or_reset(port: int) -> bool:
+    """Whether a new connection to ``port`` is refused or reset at once (instead of served)."""
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    except (ConnectionRefusedError, ConnectionResetError):
+        return True
+    try:
+        writer.write(b"ping")
+        async with asyncio.timeout(2):
+            return await reader.read(10) == b""
+    except ConnectionResetError:
+        return True
+    finally:
+        writer.close()
+
+
+class _Exhausted(socket.socket):
+    """A listening socket whose accept() fails with EMFILE while ``exhausted`` is set."""
+
+    exhausted = True
+    attempts = 0
+
+    def accept(self) -> tuple[socket.socket, object]:
+        self.attempts += 1
+        if self.exhausted:
+            raise OSError(errno.EMFILE, "Too many open files")
+        return super().accept()
+
+
+async def test_accept_backs_off_at_the_descriptor_limit_and_recovers(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Issue 12, item 2: asyncio logged a traceback per failed accept and retried at once. Here accepting
+    # pauses 5 ms, 10 ms, ... (at most 1 s), is counted and summarised, and resumes by itself.
+    caplog.set_level(logging.WARNING, logger="tungo_sidecar.net.sockopts")
+    sock = _Exhausted(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    sock.setblocking(False)
+    listener = TCPListener([sock], _echo, label="test", max_conns=10, max_handshakes=None)
+    listener.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", sock.getsockname()[1])  # queued
+        cpu = time.process_time()
+        await asyncio.sleep(0.6)
+        cpu = time.process_time() - cpu
+        # 5+10+20+40+80+160+320 ms: about 8 attempts in 0.6 s, not a spin.
+        assert 3 <= sock.attempts <= 12, sock.attempts
+        assert listener.stats.accept_errors == sock.attempts
+        assert cpu < 0.2, cpu
+        lines = [r.getMessage() for r in caplog.records]
+        assert len(lines) == 1 and "EMFILE" in lines[0] and "back-off" in lines[0], lines
+        sock.exhausted = False
+        writer.write(b"served")
+        async with asyncio.timeout(3):  # the next retry comes within the current back-off step
+            assert await reader.read(10) == b"served"
+        writer.close()
+    finally:
+        await listener.drain(0)
+    assert "Traceback" not in caplog.text
+
+
+async def test_max_conns_resets_the_excess_and_counts_it(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="tungo_sidecar.net.sockopts")
+    monkeypatch.setattr(sockopts, "SUMMARY_INTERVAL", 0.3)
+    listener = await listen_tcp("127.0.0.1", 0, _echo, label="capped", max_conns=2)
+    port = listener.sockets[0].getsockname()[1]
+    try:
+        sessions = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+        for reader, writer in sessions:
+            writer.write(b"x")
+            assert await reader.read(1) == b"x"
+        for _ in range(5):
+            assert await _refused_or_reset(port)
+        assert listener.stats.refused_conns == 5
+        sessions.pop()[1].close()  # one session ends: room for one more
+        async with asyncio.timeout(2):
+            while listener.sessions == 2:  # noqa: ASYNC110 (polling the listener's own count)
+                await asyncio.sleep(0.01)
+        assert not await _refused_or_reset(port)
+        await asyncio.sleep(0.4)  # one interval: the refusals after the first are summed in one line
+        for _, writer in sessions:
+            writer.close()
+    finally:
+        await listener.drain(0)
+    lines = [r.getMessage() for r in caplog.records]
+    # The first refusal is said at once, the rest summed per interval (4 in one line, unless the
+    # five straddle an interval's end on a slow machine): never one line per connection.
+    assert lines[0] == "capped: 1 connections refused: 2 open (maxConns)"
+    assert 2 <= len(lines) <= 3, lines
+    assert sum(int(line.split()[1]) for line in lines) == 5
+    assert all(line.endswith("connections refused: 2 open (maxConns)") for line in lines)
+
+
+async def test_max_handshakes_counts_connections_until_handshake_done() -> None:
+    listener: TCPListener | None = None
+
+    async def greet(stream: SocketStream) -> None:
+        hello = await stream.read()
+        assert listener is not None
+        listener.handshake_done(stream)
+        await stream.write(hello)
+        await stream.read()
+
+    listener = await listen_tcp("127.0.0.1", 0, greet, label="handshakes", max_handshakes=2)
+    port = listener.sockets[0].getsockname()[1]
+    try:
+        idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+        async with asyncio.timeout(2):
+            while listener.handshakes < 2:  # noqa: ASYNC110 (polling the listener's own count)
+                await asyncio.sleep(0.01)
+        assert await _refused_or_reset(port)  # two idle clients fill the handshake slots
+        assert listener.stats.refused_handshakes == 1
+        reader, writer = idle[0]
+        writer.write(b"hello")  # this one gets through its handshake...
+        assert await reader.read(5) == b"hello"
+        assert listener.handshakes == 1 and listener.sessions == 2
+        extra = await asyncio.open_connection("127.0.0.1", port)  # ...which frees a slot
+        extra[1].write(b"again")
+        assert await extra[0].read(5) == b"again"
+        for _, writer in [*idle, extra]:
+            writer.close()
+    finally:
+        await listener.drain(0)
+
+
+async def test_drain_refuses_new_connections_lets_sessions_finish_then_resets_the_rest() -> None:
+    release = asyncio.Event()
+
+    async def serve(stream: SocketStream) -> None:
+        kind = await stream.read(5)
+        await stream.write(b"begun")
+        if kind == b"quick":
+            await asyncio.sleep(0.2)
+            await stream.write(b"done")
+        else:
+            await release.wait()  # never, unless the test says so
+
+    listener = await listen_tcp("127.0.0.1", 0, serve, label="draining")
+    port = listener.sockets[0].getsockname()[1]
+    clients = {}
+    for kind in (b"quick", b"stuck"):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(kind)
+        assert await reader.readexactly(5) == b"begun"
+        clients[kind] = (reader, writer)
+    started = time.monotonic()
+    drain = asyncio.create_task(listener.drain(0.8))
+    await asyncio.sleep(0.05)
+    with pytest.raises(ConnectionRefusedError):
+        await asyncio.open_connection("127.0.0.1", port)
+    async with asyncio.timeout(5):
+        assert await clients[b"quick"][0].read() == b"done"  # finished inside the grace period
+        with pytest.raises(ConnectionResetError):  # cut: an error at the client, not a clean EOF
+            await clients[b"stuck"][0].read()
+        assert await drain == 1
+    assert 0.7 < time.monotonic() - started < 3
+    assert listener.sessions == 0 and listener.stats.reset_at_stop == 1
+    for _, writer in clients.values():
+        writer.close()

@@ -467,3 +467,64 @@ async def test_debug_logs_never_show_frame_contents_or_header_secrets(
     assert "Authorization: ***" in text and "Upgrade: websocket" in text
     for leak in ("s3cr3t", "correct", "horse", secret.hex()[:12], "72 65 6c 61"):
         assert leak not in text, leak
+
+
+async def _upgraded(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A hand-rolled client (so it can misbehave) past a successful upgrade to our server."""
+    reader, writer = await asyncio.open_connection(LOCAL, port)
+    key = base64.b64encode(os.urandom(16))
+    writer.write(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    async with asyncio.timeout(5):
+        head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return reader, writer
+
+
+def _masked_header(size: int) -> bytes:
+    """A client BINARY frame header announcing ``size`` payload bytes (mask key zero: no-op mask)."""
+    return b"\x82" + bytes([0x80 | 127]) + size.to_bytes(8, "big") + b"\0\0\0\0"
+
+
+async def test_a_big_first_message_is_refused_at_its_header(start_server) -> None:
+    # Issue 12, item 1: websockets buffers a message whole, so before any authentication a client
+    # could make the server hold ws.MAX_MESSAGE (4 MiB) per connection. The first message is limited
+    # to FIRST_MESSAGE and refused as soon as its header announces more: nothing of it is buffered.
+    server = await start_server(acceptor("ws", plugin("ws")))
+    reader, writer = await _upgraded(server.port)
+    writer.write(_masked_header(ws.FIRST_MESSAGE + 1) + b"only the start")
+    async with asyncio.timeout(2):
+        answer = await reader.read(64)
+    writer.close()
+    assert answer[:1] == b"\x88", answer  # a close frame...
+    assert answer[2:4] == (1009).to_bytes(2, "big"), answer  # ...1009: message too big
+
+
+async def test_a_first_message_within_the_limit_and_big_later_ones_pass(start_server) -> None:
+    server = await start_server(acceptor("ws", plugin("ws")))
+    stream = await dial("ws", server.port)
+    first = os.urandom(ws.FIRST_MESSAGE - 1024)  # a relay request with tungo's biggest first write
+    later = os.urandom(2 * 1024 * 1024)  # over FIRST_MESSAGE, under MAX_MESSAGE
+    for payload in (first, later):
+        await stream.write(payload)
+        received = b""
+        async with asyncio.timeout(5):
+            while len(received) < len(payload):
+                received += await stream.read()
+        assert received == payload
+    await stream.close()
+
+
+async def test_an_oversized_upgrade_head_gets_431(start_server) -> None:
+    # websockets alone reads up to 128 header lines of 8 KiB each (1 MiB) before answering.
+    server = await start_server(acceptor("ws", plugin("ws")))
+    reader, writer = await asyncio.open_connection(LOCAL, server.port)
+    filler = b"".join(b"X-Filler-%d: %s\r\n" % (i, b"f" * 1000) for i in range(100))
+    writer.write(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n" + filler)
+    async with asyncio.timeout(5):
+        answer = await reader.read()
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:80]
+    assert "431" in str(server.errors[0])

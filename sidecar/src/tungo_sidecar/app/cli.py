@@ -16,6 +16,7 @@ import asyncio
 import importlib
 import logging
 import platform
+import resource
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -248,6 +249,24 @@ def _load_runner() -> Callable[..., Awaitable[object]]:
     return cast("Callable[..., Awaitable[object]]", run)
 
 
+def raise_nofile_limit() -> int:
+    """Raise the soft open-file limit to the hard one, as Go does at start for GOST; the new soft limit.
+
+    Container runtimes commonly give 1024 soft / 1048576 hard: a proxy at 1024 descriptors serves
+    ~500 sessions. Listeners derive their default ``maxConns`` from the result.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != soft and (hard == resource.RLIM_INFINITY or hard > soft):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (OSError, ValueError) as exc:
+            log.debug("cannot raise the open-file limit from %d to %d: %s", soft, hard, exc)
+            return soft
+        log.debug("open-file limit raised from %d to %d", soft, hard)
+        return hard
+    return soft
+
+
 def _run(invocation: Invocation) -> int:
     try:
         run = _load_runner()
@@ -259,6 +278,10 @@ def _run(invocation: Invocation) -> int:
     # Before the first big buffer: glibc's dynamic mmap threshold otherwise maps and unmaps every
     # 256 KiB read buffer (asyncio's TLS buffer per connection, splice chunks), page-faulting each.
     alloc.tune_malloc()
+    # Everything is imported now: keep the start-up heap out of the collections that listeners run
+    # to give memory back after a burst (see ``alloc.release``).
+    alloc.freeze_startup()
+    raise_nofile_limit()
     try:
         result = asyncio.run(_await(run(config, health=invocation.health)))
     except KeyboardInterrupt:

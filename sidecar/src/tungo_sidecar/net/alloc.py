@@ -7,13 +7,25 @@ page-fault churn, not the copying, dominated a loopback transfer (tcp 0.99 -> ~2
 ~1.4 GB/s in one process, both ends). Fixed thresholds keep the freed memory in the heap for reuse.
 The cost is memory the process keeps after a burst (bounded by the top pad / trim threshold below).
 
-Callers: the ``tungo`` entry point, once at start-up. Never called on import. No-op off glibc.
+``release`` is the other half, for after a burst of connections (a flood of unauthenticated clients,
+say): much of what a session held is only freed by Python's cyclic collector (asyncio tasks and
+exceptions make reference cycles), and what is freed sits in the heap between live blocks where the
+thresholds cannot return it. ``release`` collects, then ``malloc_trim(0)`` gives the free pages back.
+Measured with 4 rounds of 300 TLS clients connecting, idling, leaving: RSS kept +7 MB per round
+without; with it, back to start-up +2.5 MB after every round. A full collection walks every object,
+~100 ms for the start-up heap alone: ``freeze_startup`` moves that heap out of the collector's sight
+first (``gc.freeze``), after which the collection costs ~10 ms; without a freeze ``release`` only trims.
+
+Callers: the ``tungo`` entry point, once at start-up (``tune_malloc``, ``freeze_startup``); listeners
+after a burst (``release``). Never called on import. No-op off glibc (``trim``).
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
+import gc
 import logging
 
 log = logging.getLogger(__name__)
@@ -31,15 +43,51 @@ TRIM_THRESHOLD = 64 * 1024 * 1024
 TOP_PAD = 16 * 1024 * 1024
 
 
-def tune_malloc() -> bool:
-    """Set fixed glibc malloc thresholds for big-buffer traffic; False when not on glibc."""
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("c")
     if not name:
+        return None
+    try:
+        return ctypes.CDLL(name)
+    except OSError:
+        return None
+
+
+def trim() -> bool:
+    """Return free heap memory to the kernel (glibc ``malloc_trim(0)``); False when not on glibc."""
+    libc = _libc()
+    malloc_trim = getattr(libc, "malloc_trim", None) if libc is not None else None
+    if malloc_trim is None:
+        return False
+    malloc_trim.argtypes = [ctypes.c_size_t]
+    malloc_trim.restype = ctypes.c_int
+    malloc_trim(0)
+    return True
+
+
+def freeze_startup() -> None:
+    """Collect once, then exempt every object alive now (modules, config) from later collections."""
+    gc.collect()
+    gc.freeze()
+
+
+def release() -> None:
+    """Give memory back after a burst: collect reference cycles when that is cheap (start-up heap
+    frozen), then ``trim``."""
+    if gc.get_freeze_count():
+        gc.collect()
+    trim()
+
+
+def tune_malloc() -> bool:
+    """Set fixed glibc malloc thresholds for big-buffer traffic; False when not on glibc."""
+    libc = _libc()
+    if libc is None:
         return False
     try:
-        libc = ctypes.CDLL(name)
         mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    except AttributeError:
         return False  # musl and others: no mallopt, nothing to tune
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int

@@ -1,8 +1,12 @@
-"""TLS over any ``Stream`` (ssl.MemoryBIO), for hops that ride inside another hop's tunnel.
+"""TLS over any ``Stream`` (ssl.MemoryBIO): for hops that ride inside another hop's tunnel, and for
+every server-side TLS listener.
 
-The first hop's TLS runs on the socket (``SocketStream.start_tls``, OpenSSL driven by asyncio). From
-the second hop on, the "socket" is a relay tunnel or a websocket: there is no file descriptor, so the
-TLS records are produced and consumed here through an ``ssl.SSLObject`` and two memory BIOs.
+The first client hop's TLS runs on the socket (``SocketStream.start_tls``, OpenSSL driven by asyncio).
+From the second hop on, the "socket" is a relay tunnel or a websocket: there is no file descriptor,
+so the TLS records are produced and consumed here through an ``ssl.SSLObject`` and two memory BIOs.
+Listeners use this on their sockets too: asyncio's TLS transport keeps a 256 KiB receive buffer per
+connection from the first moment, an unauthenticated idle client included; this keeps none between
+reads (an idle connection costs the OpenSSL session state, a few KiB).
 
 Half-close: like asyncio's TLS transport, ``write_eof`` is a no-op (TLS has no portable half-close);
 ``close`` sends close_notify. A peer vanishing without close_notify reads as EOF (GOST's peers close
@@ -28,7 +32,7 @@ _WRITE_SLICE = 256 * 1024
 class TLSStream:
     """A ``Stream`` of plaintext over a ``Stream`` of TLS records."""
 
-    __slots__ = ("_closed", "_incoming", "_inner", "_outgoing", "_send_lock", "_sslobj")
+    __slots__ = ("_closed", "_deferred", "_incoming", "_inner", "_outgoing", "_send_lock", "_sslobj")
 
     #: ``write_eof`` is a no-op (see the module docstring); ``stream.half_closes`` reads this.
     half_close = False
@@ -44,6 +48,7 @@ class TLSStream:
         )
         self._send_lock = asyncio.Lock()
         self._closed = False
+        self._deferred: ssl.SSLError | None = None  # met while reading ahead, raised by the next read
 
     @property
     def ssl_object(self) -> ssl.SSLObject:
@@ -80,7 +85,13 @@ class TLSStream:
     async def read(self, max_bytes: int = CHUNK) -> bytes:
         while True:
             try:
-                return self._sslobj.read(max_bytes)
+                if self._deferred is not None:
+                    deferred, self._deferred = self._deferred, None
+                    raise deferred
+                data = self._sslobj.read(max_bytes)
+                if len(data) < max_bytes and self._incoming.pending:
+                    data = self._read_more(data, max_bytes)
+                return data
             except ssl.SSLWantReadError:
                 # Post-handshake messages (TLS 1.3 tickets, key updates) may need an answer.
                 if self._outgoing.pending:
@@ -91,6 +102,30 @@ class TLSStream:
                 return b""
             except ssl.SSLError as exc:
                 raise ProtocolError(f"tls: bad record from peer: {exc}") from exc
+
+    def _read_more(self, first: bytes, max_bytes: int) -> bytes:
+        """``first`` and the records already received behind it, up to ``max_bytes``.
+
+        One ``SSLObject.read`` returns one TLS record (16 KiB at most); a bulk transfer read record by
+        record costs a trip through every layer above per 16 KiB. asyncio's TLS transport also
+        decrypts everything received before handing it on. An error or the end of the stream stops
+        here and is raised by the next ``read`` (OpenSSL itself reports a failed record only once).
+        """
+        parts = [first]
+        size = len(first)
+        while size < max_bytes and self._incoming.pending:
+            try:
+                more = self._sslobj.read(max_bytes - size)
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLError as exc:
+                self._deferred = exc
+                break
+            if not more:
+                break
+            parts.append(more)
+            size += len(more)
+        return first if len(parts) == 1 else b"".join(parts)
 
     async def write(self, data: bytes) -> None:
         if self._closed:

@@ -15,6 +15,12 @@ the receiving direction open; ``close`` sends the close frame and closes the inn
 peers usually end a session by closing the TCP/TLS connection without a close frame: EOF at a frame
 boundary therefore reads as a clean EOF, EOF inside a frame as ``ProtocolError``.
 
+Memory on the server side: websockets hands a message on only once it has all of it, so the first
+message of a connection (the proxy request, before any authentication) is limited to
+``FIRST_MESSAGE`` and the upgrade request head to ``MAX_REQUEST_HEAD``; later messages to
+``MAX_MESSAGE``. gorilla (GOST) streams messages instead; re-implementing RFC 6455 framing to stream
+is what this module exists not to do.
+
 Handshake (go-gost/x dialer/ws and listener/ws): client ``GET <path>`` (metadata ``path``, default
 ``/ws``) with ``Host`` = metadata ``host`` or the node address ``host:port``, extra headers from
 metadata ``header``; the server serves only its ``path`` (404 otherwise, as Go's ServeMux) and adds
@@ -113,6 +119,17 @@ DEFAULT_PATH = "/ws"
 #: Largest message we accept. GOST (gorilla) writes one message per Write call, which its relay
 #: makes with buffers far below this; 4 MiB bounds what one peer can make us buffer.
 MAX_MESSAGE = 4 * 1024 * 1024
+
+#: Largest *first* message a server accepts. websockets buffers a message whole before handing it
+#: on, so with one limit any unauthenticated client could make the server hold 4 MiB (100 of them:
+#: +415 MB RSS). The first message carries the proxy request (a relay request is < 1 KiB) and, from
+#: GOST's and tungo's relay clients, the first data write behind it: tungo reads ``CHUNK`` (256 KiB) at
+#: a time, GOST less. Later messages, sent once the handler has read this one, get ``MAX_MESSAGE``.
+FIRST_MESSAGE = CHUNK + 4096
+
+#: Largest upgrade request head a server reads (websockets alone allows 128 lines of 8 KiB each).
+#: Browsers and GOST send well under 2 KiB; cookies or bearer tokens stay far below this.
+MAX_REQUEST_HEAD = 64 * 1024
 
 #: Largest message we send: writes above it are split. 1 MiB fits websockets' default max_size,
 #: so any websockets-based peer accepts our frames, while staying far above the 64 KiB floor that
@@ -254,6 +271,24 @@ class WebSocketStream:
             await self._inner.close()
 
 
+class _ServerProtocol(ServerProtocol):
+    """websockets' server protocol with a smaller limit for the first message (``FIRST_MESSAGE``).
+
+    The limit is checked on each frame header before its payload is read, so a client announcing a
+    bigger first message is refused (close 1009) before it can make us buffer it."""
+
+    def __init__(self, *, first_message: int, max_message: int, logger: _ConnectionLog) -> None:
+        super().__init__(max_size=min(first_message, max_message), logger=logger)
+        self._max_message = max_message
+        # websockets >= 14 names the limit max_message_size (max_size before).
+        self._limit_name = "max_message_size" if hasattr(self, "max_message_size") else "max_size"
+
+    def recv_frame(self, frame: Frame) -> None:
+        super().recv_frame(frame)
+        if frame.fin and frame.opcode in _DATA:
+            setattr(self, self._limit_name, self._max_message)
+
+
 def check_headers(headers: Mapping[str, object] | None, what: str) -> None:
     """ConfigError when configured headers would override the ones the upgrade owns."""
     _header_items(headers, what)
@@ -350,12 +385,14 @@ async def server_handshake(
     each raises ``ProtocolError`` after the answer is sent.
     """
     extra = _header_items(headers, "ws listener")
-    protocol = ServerProtocol(max_size=max_message, logger=_protocol_log)
+    protocol = _ServerProtocol(first_message=FIRST_MESSAGE, max_message=max_message, logger=_protocol_log)
     stream = WebSocketStream(inner, protocol)
     request: Request | None = None
     events: list[object] = []
+    head = 0
     while request is None:
         data = await inner.read(CHUNK)
+        head += len(data)
         if data:
             protocol.receive_data(data)
         else:
@@ -367,6 +404,10 @@ async def server_handshake(
             raise ProtocolError(f"ws from {peer}: not an HTTP request: {protocol.handshake_exc}")
         if request is None and not data:
             raise ProtocolError(f"ws from {peer}: connection closed before the handshake request")
+        if request is None and head > MAX_REQUEST_HEAD:
+            protocol.send_response(protocol.reject(431, "Request header fields too large\n"))
+            await stream._flush_replies()
+            raise ProtocolError(f"ws from {peer}: upgrade request head over {MAX_REQUEST_HEAD} bytes: 431")
     asked = request.path.partition("?")[0]
     if asked != path:
         protocol.send_response(protocol.reject(404, "404 page not found\n"))

@@ -279,3 +279,24 @@ def bind_socket(host: str) -> Callable[[int, int], socket.socket]:
         return sock
 
     return make
+
+
+#: ~2.1 KB of TXT records: more than a plain UDP answer may carry (512), less than 4096.
+BIG = [txt_record(b"x" * 200) for _ in range(10)]
+
+
+def external_resolver(address: str) -> Responder:
+    """A fake "external" resolver: an oversized answer for big.* whatever the client can take (a
+    broken server), a proper TC over UDP for tc.*, silence for silent.*, an A record ``address`` else."""
+
+    def answer_for(message: bytes, network: str) -> bytes | None:
+        name = qname(message)
+        if name.startswith("big."):
+            return answer(message, *BIG)
+        if name.startswith("tc."):
+            return answer(message, flags=TC) if network == "udp" else answer(message, *BIG)
+        if name.startswith("silent."):
+            return None
+        return answer(message, a_record(address))
+
+    return answer_for

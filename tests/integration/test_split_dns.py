@@ -48,20 +48,9 @@ DNS = (
 BUDGET = f"dns://127.0.0.1:5301?dns=udp://{TGT4}:53&timeout=300ms&dns.budget=1s"
 #: ...and over TCP through the relay.
 OVER_TCP = f"dns://127.0.0.1:5302?dns=tcp://{TGT4}:53"
-BIG = [w.txt_record(b"x" * 200) for _ in range(10)]
 
 
-def external(message: bytes, network: str) -> bytes | None:
-    """The external resolver: an oversized answer for big.* whatever the client can take (a broken
-    server), a proper TC over UDP for tc.*, silence for silent.*, an A record otherwise."""
-    name = w.qname(message)
-    if name.startswith("big."):
-        return w.answer(message, *BIG)
-    if name.startswith("tc."):
-        return w.answer(message, flags=w.TC) if network == "udp" else w.answer(message, *BIG)
-    if name.startswith("silent."):
-        return None
-    return w.answer(message, w.a_record(EXTERNAL_ANSWER))
+external = w.external_resolver(EXTERNAL_ANSWER)
 
 
 def in_ns(ns: str, host: str) -> Callable[[int, int], socket.socket]:

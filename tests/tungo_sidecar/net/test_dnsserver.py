@@ -24,20 +24,9 @@ from tungo_sidecar.rules.matchers import Pattern
 
 LOOP = "127.0.0.1"
 CLUSTER_IP, EXTERNAL_IP = "10.96.0.1", "192.0.2.1"
-BIG = [w.txt_record(b"x" * 200) for _ in range(10)]  # ~2.1 KB: more than 512, less than 4096
 
 
-def external(message: bytes, network: str) -> bytes | None:
-    """The "external" upstream: big answers for big.*, a proper TC over UDP for tc.*, silence for
-    silent.*, an A record for the rest."""
-    name = w.qname(message)
-    if name.startswith("big."):
-        return w.answer(message, *BIG)
-    if name.startswith("tc."):
-        return w.answer(message, flags=w.TC) if network == "udp" else w.answer(message, *BIG)
-    if name.startswith("silent."):
-        return None
-    return w.answer(message, w.a_record(EXTERNAL_IP))
+external = w.external_resolver(EXTERNAL_IP)
 
 
 def cluster(message: bytes, network: str) -> bytes:
